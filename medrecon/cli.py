@@ -1,0 +1,111 @@
+"""``medrecon <command> [hydra overrides]``: compose the command's Hydra config and call one function.
+
+No science lives here. Each command is a config in ``conf/<command>.yaml`` and a function ``run(cfg) -> int`` in
+the module named below. Exit codes follow the contract: 0 success, 3 partial failure (reconstruct), 2 usage or
+configuration errors, 1 an unexpected error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("medrecon.prepare", "scan an archive and write a JSONL manifest (ids, geometry, split, status)"),
+    "train": ("medrecon.train.run", "train the conditional diffusion U-Net for a task"),
+    "reconstruct": ("medrecon.recon.run", "reconstruct a folder, file or manifest with diffusion or a baseline"),
+    "evaluate": ("medrecon.evaluate.run", "degrade ground truth, reconstruct, report PSNR/SSIM/NMSE and figures"),
+    "demo": ("medrecon.demo", "materialise the sample archive, reconstruct it with the demo model, evaluate"),
+    "sample-data": ("medrecon.sample", "write the bundled sample scan as a DICOM series and a NIfTI file"),
+}
+
+EXIT_USAGE = 2
+
+log = logging.getLogger("medrecon")
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for (bad option value, missing input): exit code 2, no traceback."""
+
+
+def conf_dir() -> Path:
+    """The configuration folder: inside the installed package (wheel) or at the top of a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError("medrecon's conf/ folder is missing from this installation")
+
+
+def _usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = [
+        "usage: medrecon <command> [key=value ...] [--help] [--cfg job] [-m]",
+        "",
+        "Reconstruct medical scans with conditional diffusion models. Arguments are Hydra overrides.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {doc}" for name, (_, doc) in COMMANDS.items()]
+    lines += ["", "Run 'medrecon <command> --help' for a command's options and defaults."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    if argv[0] in {"-V", "--version"}:
+        from medrecon import __version__
+
+        print(f"medrecon {__version__}")
+        return 0
+    command, overrides = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"medrecon: unknown command {command!r}; choose one of {', '.join(COMMANDS)}\n", file=sys.stderr)
+        print(_usage(), file=sys.stderr)
+        return EXIT_USAGE
+    code = run_command(command, overrides)
+    return code
+
+
+def run_command(command: str, overrides: list[str]) -> int:
+    """Run one command through Hydra with ``overrides`` as its command line; returns the exit code."""
+    import hydra
+    from omegaconf import DictConfig
+
+    module_name = COMMANDS[command][0]
+    state: dict[str, int | bool] = {"started": False, "code": 0}
+
+    def task(cfg: DictConfig) -> None:
+        state["started"] = True
+        module = importlib.import_module(module_name)
+        try:
+            code = module.run(cfg)
+        except UsageError as err:
+            log.error("%s", err)
+            code = EXIT_USAGE
+        # in a multirun the worst code wins
+        state["code"] = max(int(state["code"]), int(code or 0))
+
+    wrapped = hydra.main(config_path=str(conf_dir()), config_name=command, version_base="1.3")(task)
+    saved_argv = sys.argv
+    sys.argv = [f"medrecon {command}", *overrides]
+    try:
+        wrapped()
+    except SystemExit as exc:  # Hydra exits on bad overrides, --help, --cfg
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code != 0 and not state["started"]:
+            return EXIT_USAGE  # the config never composed: a usage error
+        return code
+    finally:
+        sys.argv = saved_argv
+    return int(state["code"])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
