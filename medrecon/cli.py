@@ -77,6 +77,7 @@ def run_command(command: str, overrides: list[str]) -> int:
     """Run one command through Hydra with ``overrides`` as its command line; returns the exit code."""
     import hydra
     from omegaconf import DictConfig
+    from omegaconf.errors import MissingMandatoryValue
 
     module_name = COMMANDS[command][0]
     state: dict[str, int | bool] = {"started": False, "code": 0}
@@ -86,7 +87,7 @@ def run_command(command: str, overrides: list[str]) -> int:
         module = importlib.import_module(module_name)
         try:
             code = module.run(cfg)
-        except UsageError as err:
+        except (UsageError, MissingMandatoryValue) as err:
             log.error("%s", err)
             code = EXIT_USAGE
         # in a multirun the worst code wins
@@ -108,4 +109,7 @@ def run_command(command: str, overrides: list[str]) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Import through the package so that exception classes are the ones the commands raise.
+    from medrecon.cli import main as _main
+
+    sys.exit(_main())

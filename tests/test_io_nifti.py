@@ -1,0 +1,180 @@
+"""NIfTI reading (sform/qform rule, rejections) and writing (float32, affine, clean header, atomic)."""
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medrecon.io.errors import Reason, RejectedInput
+from medrecon.io.nifti import inspect_nifti, read_nifti, write_nifti
+from medrecon.volume import Volume
+
+OBLIQUE = np.array(
+    [
+        [0.9, -0.3, 0.1, -40.0],
+        [0.25, 1.1, 0.2, 12.5],
+        [-0.05, 0.1, 2.4, 7.25],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+
+
+def _img(shape=(6, 5, 4), dtype=np.int16, affine=None):
+    data = np.arange(np.prod(shape)).reshape(shape).astype(dtype)
+    return nib.Nifti1Image(data, np.eye(4) if affine is None else affine)
+
+
+def _save(img, path, sform_code=None, qform_code=None):
+    if sform_code is not None:
+        img.header.set_sform(img.header.get_sform(), code=sform_code)
+    if qform_code is not None:
+        img.header.set_qform(img.header.get_best_affine(), code=qform_code)
+    nib.save(img, str(path))
+    return path
+
+
+def _reason(path):
+    with pytest.raises(RejectedInput) as info:
+        read_nifti(path)
+    return info.value.reason
+
+
+def test_round_trip_keeps_affine_and_float32(tmp_path):
+    data = np.random.default_rng(0).normal(size=(7, 6, 5)).astype(np.float64)
+    out = write_nifti(Volume(data, OBLIQUE, {"modality": "MR"}), tmp_path / "v.nii.gz")
+    back = read_nifti(out)
+    assert back.array.dtype == np.float32
+    np.testing.assert_allclose(back.array, data.astype(np.float32))
+    np.testing.assert_allclose(back.affine, OBLIQUE, atol=1e-6)
+    header = nib.load(str(out)).header
+    assert header.get_data_dtype() == np.float32
+    assert header["descrip"].item() == b"medrecon"
+    assert int(header["sform_code"]) == 1 and int(header["qform_code"]) == 1
+    assert back.meta["source_format"] == "nifti" and back.meta["nifti"]["xform"] == "sform"
+    assert [p.name for p in tmp_path.iterdir()] == ["v.nii.gz"]  # no temporary left behind
+
+
+def test_write_keeps_source_xform_code_and_drops_source_description(tmp_path):
+    img = _img(affine=np.diag([2.0, 2.0, 2.0, 1.0]))
+    img.header["descrip"] = b"Doe^Jane 1970"
+    src = read_nifti(_save(img, tmp_path / "src.nii", sform_code=4))
+    out = write_nifti(src, tmp_path / "out.nii.gz")
+    header = nib.load(str(out)).header
+    assert int(header["sform_code"]) == 4
+    assert b"Doe" not in gzip.open(out).read()
+
+
+def test_sform_wins_over_qform(tmp_path):
+    img = _img(affine=np.diag([2.0, 3.0, 4.0, 1.0]))
+    img.set_qform(np.diag([5.0, 5.0, 5.0, 1.0]), code=1)
+    img.set_sform(np.diag([2.0, 3.0, 4.0, 1.0]), code=2)
+    nib.save(img, str(tmp_path / "a.nii"))
+    volume = read_nifti(tmp_path / "a.nii")
+    np.testing.assert_allclose(volume.affine, np.diag([2.0, 3.0, 4.0, 1.0]))
+    assert volume.meta["nifti"] == {"xform": "sform", "xform_code": 2}
+
+
+def test_qform_used_when_sform_code_is_zero(tmp_path):
+    rotation = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    qform = np.eye(4)
+    qform[:3, :3] = rotation @ np.diag([1.5, 2.0, 2.5])
+    qform[:3, 3] = [10.0, -20.0, 30.0]
+    img = _img()
+    img.set_sform(np.diag([9.0, 9.0, 9.0, 1.0]), code=0)
+    img.set_qform(qform, code=1)
+    nib.save(img, str(tmp_path / "q.nii.gz"))
+    volume = read_nifti(tmp_path / "q.nii.gz")
+    np.testing.assert_allclose(volume.affine, qform, atol=1e-6)
+    assert volume.meta["nifti"]["xform"] == "qform"
+    assert volume.spacing == pytest.approx((1.5, 2.0, 2.5))
+
+
+def test_no_coded_orientation_is_missing_geometry(tmp_path):
+    img = _img()
+    img.set_sform(np.eye(4), code=0)
+    img.set_qform(np.eye(4), code=0)
+    nib.save(img, str(tmp_path / "n.nii"))
+    assert _reason(tmp_path / "n.nii") == Reason.MISSING_GEOMETRY
+
+
+@pytest.mark.parametrize(
+    "affine",
+    [np.diag([1.0, 1.0, 0.0, 1.0]), np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])],
+    ids=["zero-voxel", "collinear"],
+)
+def test_singular_affine_is_invalid_geometry(tmp_path, affine):
+    img = _img()
+    img.set_sform(affine, code=2)
+    nib.save(img, str(tmp_path / "s.nii"))
+    assert _reason(tmp_path / "s.nii") == Reason.INVALID_GEOMETRY
+
+
+def test_nan_affine_is_invalid_geometry(tmp_path):
+    path = tmp_path / "nan.nii"
+    _save(_img(), path, sform_code=2)
+    raw = bytearray(path.read_bytes())
+    header = nib.Nifti1Header.from_fileobj(open(path, "rb"))
+    header["srow_x"] = [np.nan, 0.0, 0.0, 0.0]
+    raw[:348] = header.binaryblock
+    path.write_bytes(bytes(raw))
+    assert _reason(path) == Reason.INVALID_GEOMETRY
+
+
+def test_scaling_is_applied(tmp_path):
+    img = _img(dtype=np.int16)
+    img.header.set_slope_inter(0.5, -3.0)
+    nib.save(img, str(tmp_path / "sc.nii"))
+    volume = read_nifti(tmp_path / "sc.nii")
+    expected = np.arange(120).reshape(6, 5, 4) * 0.5 - 3.0
+    np.testing.assert_allclose(volume.array, expected)
+    assert volume.array.dtype == np.float32
+
+
+def test_truncated_gzip(tmp_path):
+    good = _save(_img(shape=(16, 16, 8), dtype=np.float32), tmp_path / "g.nii.gz", sform_code=1)
+    raw = good.read_bytes()
+    bad = tmp_path / "t.nii.gz"
+    bad.write_bytes(raw[: len(raw) // 2])
+    assert _reason(bad) == Reason.TRUNCATED_FILE
+    with pytest.raises(RejectedInput) as info:
+        inspect_nifti(bad)
+    assert info.value.reason == Reason.TRUNCATED_FILE
+
+
+def test_truncated_uncompressed_data(tmp_path):
+    good = _save(_img(shape=(8, 8, 8)), tmp_path / "u.nii", sform_code=1)
+    bad = tmp_path / "tu.nii"
+    bad.write_bytes(good.read_bytes()[:-100])
+    assert _reason(bad) == Reason.TRUNCATED_FILE
+
+
+def test_random_bytes_are_unreadable(tmp_path):
+    path = tmp_path / "junk.nii"
+    path.write_bytes(np.random.default_rng(1).bytes(400))
+    assert _reason(path) == Reason.UNREADABLE
+
+
+def test_4d_rejected_unless_singleton(tmp_path):
+    _save(_img(shape=(4, 4, 3, 2)), tmp_path / "t.nii", sform_code=1)
+    assert _reason(tmp_path / "t.nii") == Reason.UNSUPPORTED
+    _save(_img(shape=(4, 4, 3, 1)), tmp_path / "one.nii", sform_code=1)
+    volume = read_nifti(tmp_path / "one.nii")
+    assert volume.shape == (4, 4, 3)
+
+
+def test_2d_rejected(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((5, 5), np.float32), np.eye(4)), str(tmp_path / "flat.nii"))
+    assert _reason(tmp_path / "flat.nii") == Reason.TOO_FEW_SLICES
+    nib.save(nib.Nifti1Image(np.zeros((5, 5, 1), np.float32), np.eye(4)), str(tmp_path / "one.nii"))
+    assert _reason(tmp_path / "one.nii") == Reason.TOO_FEW_SLICES
+
+
+def test_write_rejects_bad_name_and_affine(tmp_path):
+    volume = Volume(np.zeros((2, 2, 2), np.float32), np.eye(4))
+    with pytest.raises(ValueError, match="nii"):
+        write_nifti(volume, tmp_path / "v.img")
+    volume.affine[0, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        write_nifti(volume, tmp_path / "v.nii.gz")
+    assert list(tmp_path.iterdir()) == []
