@@ -1,0 +1,1 @@
+"""``medrecon evaluate``: degrade, reconstruct with every method, score, report and draw."""

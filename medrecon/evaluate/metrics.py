@@ -1,0 +1,183 @@
+"""Image-quality metrics per volume in fastMRI's convention, plus a foreground-masked variant.
+
+All functions take a ground-truth and a reconstructed volume of the same shape ``(..., H, W)`` stacked as 2D
+slices along ``slice_axis`` (default 0), in the scanner's intensity units (never encoded [-1, 1] values).
+
+Convention (facebookresearch/fastMRI ``fastmri/evaluate.py``):
+
+- ``data_range`` = the ground-truth *volume's* maximum. Volumes with negative values (CT in HU) use
+  ``max - min`` instead, so PSNR stays meaningful for signed data; for non-negative volumes (MR magnitude)
+  this is exactly fastMRI's ``gt.max()``.
+- PSNR = ``skimage.metrics.peak_signal_noise_ratio(gt, pred, data_range)`` over the whole volume.
+- SSIM = mean over slices of ``skimage.metrics.structural_similarity(gt[s], pred[s], data_range)`` (7x7
+  uniform window, scikit-image defaults). Slices with a side shorter than 7 use the largest odd window that
+  fits (NaN below 3).
+- NMSE = ``||gt - pred||^2 / ||gt||^2`` over the volume.
+
+Foreground variant (suffix ``_fg``): ``mask = gt > lo + fraction * (max - lo)`` with ``lo = min(0, gt.min())``
+(``fraction`` default 0.05, i.e. 5 % of the maximum for MR), then ``scipy.ndimage.binary_dilation`` by
+``dilation`` voxels (default 2) within each slice, so edges of the anatomy count. On the mask: PSNR from the
+masked MSE with the same ``data_range``, NMSE over masked voxels, SSIM as the mean of scikit-image's full
+SSIM map over masked pixels (the map is computed on whole slices, then pooled over the mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "nmse", "psnr_fg", "ssim_fg", "nmse_fg")
+
+
+@dataclass(frozen=True)
+class VolumeMetrics:
+    """Metrics of one reconstructed volume (PSNR in dB, SSIM in [-1, 1], NMSE >= 0; ``*_fg`` on the mask)."""
+
+    psnr: float
+    ssim: float
+    nmse: float
+    psnr_fg: float
+    ssim_fg: float
+    nmse_fg: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _check(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    gt = np.asarray(gt, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    if gt.shape != pred.shape:
+        raise ValueError(f"ground truth shape {gt.shape} differs from reconstruction shape {pred.shape}")
+    if gt.ndim != 3:
+        raise ValueError(f"metrics take a stack of 2D slices (3 axes), got shape {gt.shape}")
+    return gt, pred
+
+
+def volume_data_range(gt: np.ndarray) -> float:
+    """fastMRI's data range: ``gt.max()``; ``gt.max() - gt.min()`` when the volume has negative values."""
+    gt = np.asarray(gt)
+    hi, lo = float(gt.max()), float(gt.min())
+    rng = hi - lo if lo < 0 else hi
+    if rng <= 0:
+        raise ValueError(
+            f"ground truth has no positive data range (min {lo}, max {hi}); metrics are undefined"
+        )
+    return rng
+
+
+def ssim_window(plane: tuple[int, ...]) -> int | None:
+    """scikit-image's default 7, or the largest odd window that fits a smaller slice; ``None`` below 3."""
+    side = min(int(n) for n in plane)
+    win = min(7, side if side % 2 else side - 1)
+    return win if win >= 3 else None
+
+
+def nmse(gt: np.ndarray, pred: np.ndarray) -> float:
+    """Normalised MSE ``||gt - pred||^2 / ||gt||^2`` over the whole volume."""
+    gt, pred = np.asarray(gt, np.float64), np.asarray(pred, np.float64)
+    return float(np.sum((gt - pred) ** 2) / np.sum(gt**2))
+
+
+def psnr(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None) -> float:
+    """PSNR in dB over the volume with ``data_range`` (default :func:`volume_data_range` of ``gt``)."""
+    rng = volume_data_range(gt) if data_range is None else data_range
+    return float(
+        peak_signal_noise_ratio(np.asarray(gt, np.float64), np.asarray(pred, np.float64), data_range=rng)
+    )
+
+
+def ssim(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None, slice_axis: int = 0) -> float:
+    """Mean over 2D slices (along ``slice_axis``) of scikit-image's SSIM with the volume's data range."""
+    gt, pred = _check(gt, pred)
+    rng = volume_data_range(gt) if data_range is None else data_range
+    gt, pred = np.moveaxis(gt, slice_axis, 0), np.moveaxis(pred, slice_axis, 0)
+    win = ssim_window(gt.shape[1:])
+    if win is None:
+        return float("nan")
+    values = [structural_similarity(g, p, data_range=rng, win_size=win) for g, p in zip(gt, pred)]
+    return float(np.mean(values))
+
+
+def foreground_mask(
+    gt: np.ndarray, fraction: float = 0.05, dilation: int = 2, slice_axis: int = 0
+) -> np.ndarray:
+    """Boolean anatomy mask: ``gt > lo + fraction * (max - lo)``, ``lo = min(0, min)``, dilated in-plane.
+
+    Args:
+        gt: ground-truth volume, shape ``(S, H, W)`` with slices along ``slice_axis``.
+        fraction: threshold as a fraction of the data range, in [0, 1).
+        dilation: in-plane dilation in voxels (0 for none).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"foreground fraction must be in [0, 1), got {fraction}")
+    if dilation < 0:
+        raise ValueError(f"foreground dilation must be >= 0 voxels, got {dilation}")
+    gt = np.asarray(gt, np.float64)
+    lo = min(0.0, float(gt.min()))
+    mask = gt > lo + fraction * (float(gt.max()) - lo)
+    if dilation:
+        structure = np.zeros((3, 3, 3), dtype=bool)
+        structure[1] = ndimage.generate_binary_structure(2, 1)  # in-plane 4-connectivity only
+        structure = np.moveaxis(structure, 0, slice_axis)
+        mask = ndimage.binary_dilation(mask, structure=structure, iterations=dilation)
+    return mask
+
+
+def masked_metrics(
+    gt: np.ndarray, pred: np.ndarray, mask: np.ndarray, data_range: float | None = None, slice_axis: int = 0
+) -> tuple[float, float, float]:
+    """(PSNR, SSIM, NMSE) restricted to ``mask`` (see the module docstring); NaN for an empty mask."""
+    gt, pred = _check(gt, pred)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != gt.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the volume shape {gt.shape}")
+    if not mask.any():
+        return float("nan"), float("nan"), float("nan")
+    rng = volume_data_range(gt) if data_range is None else data_range
+    diff = gt[mask] - pred[mask]
+    mse = float(np.mean(diff**2))
+    psnr_fg = float("inf") if mse == 0 else float(10 * np.log10(rng**2 / mse))
+    nmse_fg = float(np.sum(diff**2) / np.sum(gt[mask] ** 2))
+    g, p, m = (np.moveaxis(a, slice_axis, 0) for a in (gt, pred, mask))
+    win = ssim_window(g.shape[1:])
+    if win is None:
+        return psnr_fg, float("nan"), nmse_fg
+    ssim_sum, count = 0.0, 0
+    for gs, ps, ms in zip(g, p, m):
+        if ms.any():
+            _, ssim_map = structural_similarity(gs, ps, data_range=rng, full=True, win_size=win)
+            ssim_sum += float(ssim_map[ms].sum())
+            count += int(ms.sum())
+    return psnr_fg, ssim_sum / count, nmse_fg
+
+
+def volume_metrics(
+    gt: np.ndarray,
+    pred: np.ndarray,
+    *,
+    slice_axis: int = 0,
+    fg_fraction: float = 0.05,
+    fg_dilation: int = 2,
+) -> VolumeMetrics:
+    """All metrics of one volume: whole-volume PSNR/SSIM/NMSE and their foreground-masked variants.
+
+    Args:
+        gt, pred: volumes of the same 3D shape in intensity units, 2D slices along ``slice_axis``.
+        fg_fraction, fg_dilation: foreground mask parameters (see :func:`foreground_mask`).
+    """
+    gt, pred = _check(gt, pred)
+    rng = volume_data_range(gt)
+    mask = foreground_mask(gt, fg_fraction, fg_dilation, slice_axis)
+    psnr_fg, ssim_fg, nmse_fg = masked_metrics(gt, pred, mask, rng, slice_axis)
+    return VolumeMetrics(
+        psnr=psnr(gt, pred, rng),
+        ssim=ssim(gt, pred, rng, slice_axis),
+        nmse=nmse(gt, pred),
+        psnr_fg=psnr_fg,
+        ssim_fg=ssim_fg,
+        nmse_fg=nmse_fg,
+    )

@@ -1,0 +1,1 @@
+"""``medrecon reconstruct``: inputs, measurements, batching engine, outputs and the run ledger."""

@@ -1,0 +1,220 @@
+"""Batched reconstruction of units (slices) from many items, with failures confined to the item they belong
+to.
+
+Items are submitted as :class:`Job` records (all units of one item for one method). Units wait in buckets
+keyed by method and shape (slices of different sizes cannot share a batch); a bucket runs as soon as it holds
+``batch_size`` units, so one batch may mix the last slices of one volume with the first of the next, and the
+rest run at :meth:`Engine.flush`. When a job's last unit is back, ``on_done(job, mean, std)`` gets its stacked
+results; when anything about a job fails, ``on_fail(job, reason, detail)`` is called once and its other units
+are dropped.
+
+Failure rules:
+
+- CUDA out of memory on a batch: the batch is split in halves and each is retried (and ``batch_size`` is
+  lowered for the rest of the run); a single unit that still does not fit fails its item (``out_of_memory``).
+- Any other error in a batch holding several items: every item is retried alone, so only the item that causes
+  the error fails (reason ``error``, the exception type and message as detail).
+- An error raised by ``on_done`` (writing outputs) fails that item.
+
+Results are computed on the method's device and kept on the CPU until their item is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from medrecon.physics.base import Measurement
+from medrecon.recon.measure import cat_measurements
+
+log = logging.getLogger(__name__)
+
+OUT_OF_MEMORY = "out_of_memory"
+ERROR = "error"
+
+
+@dataclass(eq=False)
+class Job:
+    """All units of one item for one method.
+
+    Attributes:
+        key: unique name of the job (the item id, or ``id/method``); used in logs.
+        method: the key of the method in the engine's ``methods``.
+        meas: ``N`` measurements (CPU or device).
+        seeds: one seed per unit.
+        cond: precomputed 2.5D conditions ``(N, C, *S)`` or ``None``.
+        context: anything the caller needs back in ``on_done`` (volume, encoder, paths, ...).
+    """
+
+    key: str
+    method: str
+    meas: Measurement
+    seeds: list[int]
+    cond: Tensor | None = None
+    context: Any = None
+    means: dict[int, Tensor] = field(default_factory=dict)
+    stds: dict[int, Tensor] = field(default_factory=dict)
+    failed: bool = False
+    seconds: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return int(self.meas.y.shape[0])
+
+
+Entry = tuple[Job, int]  # (job, unit index)
+
+
+def is_oom(err: BaseException) -> bool:
+    """Whether ``err`` is an accelerator out-of-memory error."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def describe(err: BaseException) -> str:
+    """A one-line description of an exception (type and first line of its message)."""
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {message}"[:300] if message else type(err).__name__
+
+
+class Engine:
+    """Runs jobs' units in batches through ``methods[job.method]`` (see the module docstring).
+
+    Args:
+        methods: name -> callable ``(meas, cond, seeds) -> (mean, std | None)``.
+        batch_size: units per batch (>= 1).
+        device: where the methods run.
+        on_done: called with ``(job, mean (N, 1, *S) CPU, std or None)`` when a job is complete.
+        on_fail: called once with ``(job, reason, detail)`` when a job fails.
+        on_batch: called with the number of units of every finished batch (progress bars).
+    """
+
+    def __init__(
+        self,
+        methods: dict[str, Callable[..., tuple[Tensor, Tensor | None]]],
+        batch_size: int,
+        device: torch.device,
+        on_done: Callable[[Job, Tensor, Tensor | None], None],
+        on_fail: Callable[[Job, str, str], None],
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.methods, self.batch_size, self.device = methods, batch_size, device
+        self.on_done, self.on_fail, self.on_batch = on_done, on_fail, on_batch
+        self.buckets: OrderedDict[tuple, list[Entry]] = OrderedDict()
+
+    # -- submission ------------------------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Queue a job's units; runs every bucket that is full."""
+        if job.method not in self.methods:
+            raise ValueError(f"job {job.key}: unknown method {job.method!r}; have {sorted(self.methods)}")
+        if job.count == 0:
+            self._finish(job)
+            return
+        cond_shape = None if job.cond is None else tuple(job.cond.shape[1:])
+        key = (job.method, tuple(job.meas.y.shape[1:]), job.meas.y.dtype, cond_shape)
+        bucket = self.buckets.setdefault(key, [])
+        bucket.extend((job, n) for n in range(job.count))
+        while len(bucket) >= self.batch_size:
+            batch, bucket[:] = bucket[: self.batch_size], bucket[self.batch_size :]
+            self._run(batch)
+
+    def flush(self) -> None:
+        """Run everything still waiting."""
+        for key in list(self.buckets):
+            bucket = self.buckets.pop(key)
+            while bucket:
+                batch, bucket = bucket[: self.batch_size], bucket[self.batch_size :]
+                self._run(batch)
+
+    # -- running ---------------------------------------------------------------------------------------------
+    def _run(self, batch: list[Entry]) -> None:
+        batch = [e for e in batch if not e[0].failed]
+        if not batch:
+            return
+        try:
+            mean, std = self._call(batch)
+        except Exception as err:  # noqa: BLE001 - any failure is confined to the items of this batch
+            self._recover(batch, err)
+            return
+        for row, (job, n) in enumerate(batch):
+            job.means[n] = mean[row]
+            if std is not None:
+                job.stds[n] = std[row]
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
+        for job in dict.fromkeys(job for job, _ in batch):
+            if not job.failed and len(job.means) == job.count:
+                self._finish(job)
+
+    def _call(self, batch: list[Entry]) -> tuple[Tensor, Tensor | None]:
+        start = time.perf_counter()
+        method = self.methods[batch[0][0].method]
+        meas = cat_measurements([job.meas.index([n]) for job, n in batch]).to(self.device)
+        conds = [job.cond[n : n + 1] for job, n in batch if job.cond is not None]
+        cond = torch.cat(conds).to(self.device) if conds else None
+        seeds = [job.seeds[n] for job, n in batch]
+        mean, std = method(meas, cond, seeds)
+        mean = mean.detach().to("cpu")
+        std = None if std is None else std.detach().to("cpu")
+        elapsed = time.perf_counter() - start
+        for job, _ in batch:  # time shared out by units
+            job.seconds += elapsed / len(batch)
+        return mean, std
+
+    def _recover(self, batch: list[Entry], err: Exception) -> None:
+        jobs = list(dict.fromkeys(job for job, _ in batch))
+        if is_oom(err):
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(batch) > 1:
+                half = len(batch) // 2
+                self.batch_size = max(1, min(self.batch_size, half))
+                log.warning(
+                    "out of memory on a batch of %d units; retrying in halves (batch_size=%d from now)",
+                    len(batch),
+                    self.batch_size,
+                )
+                self._run(batch[:half])
+                self._run(batch[half:])
+                return
+            for job in jobs:
+                self._fail(job, OUT_OF_MEMORY, "a single unit does not fit in the device's memory")
+            return
+        if len(jobs) > 1:  # find the culprit: each item alone
+            for job in jobs:
+                mine = [e for e in batch if e[0] is job]
+                for start in range(0, len(mine), self.batch_size):
+                    self._run(mine[start : start + self.batch_size])
+            return
+        log.debug("job %s failed", jobs[0].key, exc_info=err)
+        self._fail(jobs[0], ERROR, describe(err))
+
+    def _finish(self, job: Job) -> None:
+        if job.count:
+            mean = torch.stack([job.means[n] for n in range(job.count)])
+            std = torch.stack([job.stds[n] for n in range(job.count)]) if job.stds else None
+        else:
+            mean, std = torch.empty(0), None
+        job.means, job.stds = {}, {}
+        try:
+            self.on_done(job, mean, std)
+        except Exception as err:  # noqa: BLE001 - writing one item's outputs must not stop the others
+            log.debug("finishing job %s failed", job.key, exc_info=err)
+            self._fail(job, ERROR, describe(err))
+
+    def _fail(self, job: Job, reason: str, detail: str) -> None:
+        if job.failed:
+            return
+        job.failed = True
+        job.means, job.stds = {}, {}
+        self.on_fail(job, reason, detail)

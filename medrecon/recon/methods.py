@@ -1,0 +1,82 @@
+"""Reconstruction methods with one calling convention, so the batching engine treats them alike.
+
+``method(meas, cond, seeds) -> (mean, std | None)``: ``meas`` holds ``B`` units (encoded intensities, on the
+method's device), ``cond`` the precomputed 2.5D condition ``(B, C, *S)`` or ``None``, ``seeds`` one integer
+per unit. ``mean`` is the reconstruction ``(B, 1, *S)`` on the task's output grid; ``std`` the posterior
+standard deviation (diffusion with ``samples > 1``) or ``None``.
+
+- :class:`DiffusionMethod`: ``posterior_sample`` with the configured sampler and guidance, one generator per
+  unit built from its seed on every call (a retried batch draws the same numbers).
+- :class:`BaselineMethod`: ``medrecon.baselines.get_baseline(name)`` (deterministic; seeds unused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from medrecon.physics.base import Measurement, Task
+from medrecon.recon.measure import generators
+
+DIFFUSION = "diffusion"
+
+
+class BaselineMethod:
+    """A classical baseline (``input``, ``bicubic``, ``zero_filled``, ``tv``, ``nlm``) for ``task``.
+
+    Raises:
+        ValueError: unknown name, or a baseline that does not apply to the task (naming those it applies to).
+    """
+
+    def __init__(self, name: str, task: Task) -> None:
+        from medrecon.baselines import get_baseline
+        from medrecon.baselines.applies import check_applies
+
+        self.fn = get_baseline(name)
+        check_applies(name, task)
+        self.name, self.task = name, task
+        self.samples = 1
+
+    def __call__(self, meas: Measurement, cond: Tensor | None, seeds: Sequence[int]) -> tuple[Tensor, None]:
+        with torch.no_grad():
+            return self.fn(self.task, meas).float(), None
+
+
+class DiffusionMethod:
+    """Posterior sampling with a trained model.
+
+    Args:
+        precond: the checkpoint's ``EDMPrecond`` (eval mode, on ``device``).
+        task: the checkpoint's task.
+        sampler: a ``SamplerConfig``.
+        guidance: a ``GuidanceConfig`` (or ``None``).
+        samples: K >= 1 posterior samples per unit (mean = reconstruction, std = uncertainty).
+    """
+
+    name = DIFFUSION
+
+    def __init__(self, precond: Any, task: Task, sampler: Any, guidance: Any, samples: int = 1) -> None:
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+        self.precond, self.task, self.sampler, self.guidance = precond, task, sampler, guidance
+        self.samples = samples
+
+    def __call__(
+        self, meas: Measurement, cond: Tensor | None, seeds: Sequence[int]
+    ) -> tuple[Tensor, Tensor | None]:
+        from medrecon.diffusion.posterior import posterior_sample
+
+        result = posterior_sample(
+            self.precond,
+            self.task,
+            meas,
+            self.sampler,
+            self.guidance,
+            samples=self.samples,
+            generators=generators(seeds),
+            cond=cond,
+        )
+        return result.mean.float(), (result.std.float() if self.samples > 1 else None)
