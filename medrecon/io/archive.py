@@ -179,11 +179,14 @@ def _rescan_series(item: ItemLike) -> DicomSeries:
     if scan.file_rejects:
         _, first = scan.file_rejects[0]
         raise RejectedInput(first.reason, f"{len(scan.file_rejects)} file(s) of the series are now refused")
-    if len(scan.series) != 1:
+    # one enhanced multi-frame file can hold several stacks (echoes): pick the one this item was made from
+    matching = [s for s in scan.series if item_id("dicom", s.key) == item.id]
+    candidates = matching or scan.series
+    if len(candidates) != 1:
         raise RejectedInput(
             Reason.UNREADABLE, f"the recorded files now form {len(scan.series)} series: the archive changed"
         )
-    series = scan.series[0]
+    series = candidates[0]
     if series.reject is not None:
         raise series.reject
     return series

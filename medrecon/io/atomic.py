@@ -13,8 +13,8 @@ from pathlib import Path
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success it is renamed onto ``dest``, on error removed.
 
-    The temporary name keeps ``dest``'s suffixes (``.nii.gz``, ``.safetensors``) so libraries that pick a format
-    from the name still do the right thing.
+    The temporary name keeps ``dest``'s suffixes (``.nii.gz``, ``.safetensors``) so libraries that pick a
+    format from the name still do the right thing.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
