@@ -1,0 +1,99 @@
+"""Which part of which volume a split may use: whole volumes, or slabs of one volume (``data.slice_split``).
+
+With ``data.slice_split`` every ok record is cut along ``axis`` into three contiguous slabs::
+
+    [ train ............ | gap | val ... | gap | test ... ]
+
+``val`` and ``test`` are fractions of the slices (at least one slice each when > 0), taken from the end of the
+axis; ``gap`` slices between the slabs belong to no split, so a 2.5D context window or a 3D patch of the
+training slab never sees a held-out slice. This is how a single scan (the demo) can be trained on and
+evaluated honestly. Without it, a split is the records whose manifest ``split`` field matches, each volume
+whole.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box ``[lo, hi)`` of volume ``volume`` (an index into the split's record list)."""
+
+    volume: int
+    lo: tuple[int, int, int]
+    hi: tuple[int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(h - l for l, h in zip(self.lo, self.hi))  # type: ignore[return-value]
+
+    def view(self, array: np.ndarray) -> np.ndarray:
+        """The region of a full ``(I, J, K)`` array (a view, no copy)."""
+        return array[tuple(slice(l, h) for l, h in zip(self.lo, self.hi))]
+
+
+@dataclass(frozen=True)
+class SliceSplit:
+    """Hold out contiguous slabs of each volume along ``axis`` (see the module docstring)."""
+
+    axis: int = 2
+    val: float = 0.1
+    test: float = 0.1
+    gap: int = 2
+
+    def __post_init__(self) -> None:
+        if self.axis not in (0, 1, 2):
+            raise ValueError(f"data.slice_split.axis must be 0, 1 or 2, got {self.axis!r}")
+        for name in ("val", "test"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"data.slice_split.{name} must be a fraction in [0, 1), got {value!r}")
+        if self.gap < 0:
+            raise ValueError(f"data.slice_split.gap must be >= 0 slices, got {self.gap!r}")
+
+    def bounds(self, n: int) -> dict[str, tuple[int, int]]:
+        """``{split: (start, stop)}`` slice ranges along the axis for a volume with ``n`` slices."""
+        n_test = math.ceil(self.test * n) if self.test > 0 else 0
+        n_val = math.ceil(self.val * n) if self.val > 0 else 0
+        test = (n - n_test, n)
+        val_stop = test[0] - (self.gap if n_test else 0)
+        val = (val_stop - n_val, val_stop)
+        train_stop = (val[0] if n_val else val_stop) - (self.gap if n_val else 0)
+        if train_stop < 1:
+            raise ValueError(
+                f"data.slice_split (val={self.val}, test={self.test}, gap={self.gap}) leaves no training "
+                f"slices in a volume with {n} slices along axis {self.axis}"
+            )
+        return {"train": (0, train_stop), "val": val, "test": test}
+
+
+def split_regions(
+    shapes: list[tuple[int, int, int]], split: str, slice_split: SliceSplit | None
+) -> list[Region]:
+    """The regions of ``split`` for volumes of the given shapes (whole volumes without a slice split)."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    regions = []
+    for i, shape in enumerate(shapes):
+        lo, hi = [0, 0, 0], list(shape)
+        if slice_split is not None:
+            start, stop = slice_split.bounds(shape[slice_split.axis])[split]
+            if stop <= start:
+                continue
+            lo[slice_split.axis], hi[slice_split.axis] = start, stop
+        regions.append(Region(i, tuple(lo), tuple(hi)))  # type: ignore[arg-type]
+    return regions
+
+
+def build_slice_split(cfg: Any) -> SliceSplit | None:
+    """``data.slice_split`` (null, or a mapping with axis/val/test/gap) as a :class:`SliceSplit`."""
+    if cfg is None or cfg is False:
+        return None
+    return SliceSplit(**dict(cfg))

@@ -1,0 +1,170 @@
+"""``medrecon train``: build task, data, model and loop from the composed config and train.
+
+Entry point for ``medrecon train manifest=FILE.jsonl task=TASK model=MODEL out=RUN_DIR train.steps=N`` (see
+docs/training.md); also under ``torchrun --nproc_per_node=N -m medrecon.cli train ...`` for data-parallel
+runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from medrecon.cli import UsageError
+from medrecon.device import resolve_device
+from medrecon.train.distributed import (
+    DistEnv,
+    destroy_process_group,
+    env_from_environ,
+    init_process_group,
+    process_device,
+)
+
+log = logging.getLogger("medrecon.train")
+
+
+def _quiet_non_main(env: DistEnv) -> None:
+    """Ranks other than 0 neither write train.log nor chat on the console (warnings and errors only)."""
+    if env.is_main:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
+def _container(node: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def build_task(task_cfg: Any, spatial_dims: int) -> tuple[Any, dict[str, Any]]:
+    """Instantiate ``cfg.task`` for ``spatial_dims`` (set on the task when it takes the option); returns the
+    task and the config it was built from (stored in checkpoints)."""
+    from hydra.utils import instantiate
+
+    task_dict = _container(task_cfg)
+    if "spatial_dims" in task_dict:
+        task_dict["spatial_dims"] = spatial_dims
+    task = instantiate(task_dict)
+    if getattr(task, "spatial_dims", spatial_dims) != spatial_dims:
+        raise UsageError(
+            f"task {task_dict.get('_target_')} works on spatial_dims={task.spatial_dims}, "
+            f"the data on {spatial_dims}"
+        )
+    return task, task_dict
+
+
+def run_directory(cfg: DictConfig) -> Path:
+    """Hydra's output folder of this job (``out``; ``out/<n>`` in a multirun), else ``cfg.out``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.out)
+
+
+def run(cfg: DictConfig) -> int:
+    """Train; returns the exit code (0 done, 1 stopped by non-finite steps); raises ``UsageError``."""
+    from hydra.utils import instantiate
+
+    from medrecon.checkpoint import ModelSpec
+    from medrecon.data.build import build_training_data
+    from medrecon.train.loop import Trainer
+    from medrecon.train.rundir import RunDir
+    from medrecon.train.settings import TrainSettings
+    from medrecon.train.validate import Validator
+
+    env = env_from_environ()
+    _quiet_non_main(env)
+    try:
+        settings = TrainSettings.from_cfg(cfg.train)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    device = process_device(resolve_device(cfg.device), env)
+    seed = int(cfg.seed)
+    out = run_directory(cfg)
+    run_dir = RunDir(out)
+    if run_dir.has_run() and not cfg.resume:
+        raise UsageError(
+            f"out={out} already holds a training run; pass resume=true to continue it or choose another out="
+        )
+    init_process_group(env, device)
+    try:
+        try:  # configuration problems surface here as ValueError: report them as usage errors
+            spatial_dims = int(cfg.data.get("spatial_dims", 2))
+            task, task_dict = build_task(cfg.task, spatial_dims)
+            data = build_training_data(cfg.data, cfg.manifest, tuple(task.scale))
+            loss_fn = instantiate(cfg.loss)
+            spec = ModelSpec(
+                model=_container(cfg.model),
+                task=task_dict,
+                spatial_dims=spatial_dims,
+                image_channels=int(task.image_channels),
+                cond_channels=int(task.cond_channels) * (2 * data.context + 1),
+                context=data.context,
+                sigma_data=float(loss_fn.sigma_data),
+            )
+            validator = None
+            if data.val is not None and data.val_keys and settings.val_every:
+                sampler_cfg = _container(cfg.sampler)
+                if cfg.val.get("steps"):
+                    sampler_cfg["steps"] = int(cfg.val.steps)
+                validator = Validator(
+                    task=task,
+                    dataset=data.val,
+                    keys=data.val_keys,
+                    sampler=instantiate(sampler_cfg),
+                    guidance=instantiate(cfg.guidance),
+                    context=data.context,
+                    spatial_dims=spatial_dims,
+                    seed=seed,
+                    device=device,
+                    batch_size=settings.batch_size,
+                )
+            trainer = Trainer(
+                settings=settings,
+                spec=spec,
+                task=task,
+                data=data,
+                loss_fn=loss_fn,
+                config=cfg,
+                out=out,
+                device=device,
+                env=env,
+                seed=seed,
+                validator=validator,
+                num_workers=int(cfg.data.get("num_workers", 0)),
+            )
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+        n_params = sum(p.numel() for p in trainer.precond.parameters())
+        log.info(
+            "training %s (%.2fM parameters) for task %s on %s, %d process(es), batch %d x %d accum",
+            cfg.model.get("_target_", "model"),
+            n_params / 1e6,
+            task_dict.get("_target_", "task"),
+            device,
+            env.world_size,
+            settings.batch_size,
+            settings.accum,
+        )
+        if cfg.resume and not trainer.resume():
+            log.info("resume=true but %s holds no checkpoint yet: starting from step 0", out)
+        try:
+            code = trainer.fit()
+        except torch.cuda.OutOfMemoryError as err:
+            raise UsageError(
+                f"out of memory on {device} at batch size {settings.batch_size} and patch "
+                f"{'x'.join(map(str, data.patch))}: lower train.batch_size (raise train.accum to keep the "
+                f"effective batch), data.patch_size, or use a smaller model ({err.__class__.__name__})"
+            ) from err
+        if env.is_main and code == 0:
+            log.info("done: %s (step %d)", run_dir.last, trainer.step)
+        return code
+    finally:
+        destroy_process_group()
