@@ -103,6 +103,13 @@ def run_command(command: str, overrides: list[str]) -> int:
         if code != 0 and not state["started"]:
             return EXIT_USAGE  # the config never composed: a usage error
         return code
+    except Exception as exc:  # an error while Hydra composes the config, before the command ran
+        if state["started"]:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"medrecon {command}: configuration error: {first}", file=sys.stderr)
+        print(f"Run 'medrecon {command} --help' for the options.", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         sys.argv = saved_argv
     return int(state["code"])
