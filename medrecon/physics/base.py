@@ -1,12 +1,18 @@
 """The measurement contract shared by training (pair synthesis), guided sampling and evaluation.
 
-A ``Task`` is the forward model ``y = A(x) + n``. Operators that need per-sample parameters (an MRI sampling mask,
-coil sensitivity maps) receive them explicitly as an ``OperatorParams`` record, so that the *same* object can make
-training pairs with fresh random masks, pull reverse-diffusion steps back to a measurement, and degrade ground
-truth in evaluation.
+A ``Task`` is the forward model ``y = A(x) + n``. Operators that need per-sample parameters (an MRI sampling
+mask, coil sensitivity maps) receive them explicitly as an ``OperatorParams`` record, so that the *same*
+object can make training pairs with fresh random masks, pull reverse-diffusion steps back to a measurement,
+and degrade ground truth in evaluation.
 
 Shapes: images ``x`` are ``(B, C, *S)`` with ``len(S) == spatial_dims`` (2 or 3); measurements ``y`` are
-``(B, C_y, *S_y)``, real (float32) or complex (complex64) depending on the task.
+``(B, C_y, *S_y)``, real (float32) or complex (complex64) depending on the task. Intensities are the data
+layer's encoded values (roughly ``[-1, 1]``; ``zero_level`` is the encoded value of zero signal, ``-1`` by
+default).
+
+Axis convention for 3D (``spatial_dims=3``, volumes ``(I, J, K)`` with ``K`` the slice axis): the first two
+spatial axes are the acquisition plane (in-plane super-resolution, the MRI Fourier plane) and the last axis is
+the through-plane (slice) axis (thick slices).
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ class OperatorParams:
 
     Attributes:
         mask: k-space sampling mask, broadcastable to the k-space shape ``(B, coils, *S)``, float 0/1.
-        maps: coil sensitivity maps ``(B, coils, *S)`` complex64, normalised so ``sum_c |S_c|^2 = 1``.
+        maps: coil sensitivity maps broadcastable to ``(B, coils, *S)``, complex64, normalised so
+            ``sum_c |S_c|^2 = 1`` inside the support.
     """
 
     mask: Tensor | None = None
@@ -53,7 +60,8 @@ class Measurement:
     Attributes:
         y: measured data ``(B, C_y, *S_y)``.
         params: the operator parameters ``y`` was taken with.
-        noise_std: ``(B,)`` standard deviation of the additive noise in the units of ``y`` (0 for noise-free).
+        noise_std: ``(B,)`` standard deviation of the additive noise in the units of ``y`` (0 for noise-free;
+            for complex data the standard deviation of the real and of the imaginary part).
     """
 
     y: Tensor
@@ -75,21 +83,27 @@ class Task(abc.ABC):
         spatial_dims: 2 or 3.
         image_channels: channels of ``x`` (1 for magnitude/CT images).
         cond_channels: channels of ``condition(meas)``.
+        dc_tau: default standard deviation (image units) assumed for the error of the estimate that
+            ``project`` corrects; only used for noisy measurements (see ``project``).
         scale: integer upsampling factor from the measured grid to the reconstruction grid per spatial axis
-            (``(1, 1)`` except for super-resolution).
+            (``(1, ..., 1)`` except for super-resolution and thick slices).
     """
 
     name: str = "task"
     spatial_dims: int = 2
     image_channels: int = 1
     cond_channels: int = 1
+    dc_tau: float = 0.1
 
     @property
     def scale(self) -> tuple[int, ...]:
         return (1,) * self.spatial_dims
 
     def sample_params(
-        self, x_shape: tuple[int, ...], generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+        self,
+        x_shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
     ) -> OperatorParams:
         """Draw per-sample operator parameters (masks, coil maps) for images of shape ``x_shape``."""
         return OperatorParams()
@@ -108,12 +122,81 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def condition(self, meas: Measurement) -> Tensor:
-        """The image-space tensor ``(B, cond_channels, *S)`` on the reconstruction grid that the network sees."""
+        """The image-space tensor ``(B, cond_channels, *S)`` on the reconstruction grid that the network
+        sees."""
 
     @abc.abstractmethod
-    def project(self, x: Tensor, meas: Measurement) -> Tensor:
-        """Data consistency: the image closest to ``x`` that agrees with ``meas`` (noise-aware when noisy)."""
+    def project(self, x: Tensor, meas: Measurement, tau: float | Tensor | None = None) -> Tensor:
+        """Data consistency: the image closest to ``x`` that agrees with ``meas``.
+
+        Noise-free samples (``noise_std == 0``) are projected exactly onto ``{x : A x = y}`` (multi-coil MRI:
+        one coil-combined data-consistency step). Noisy samples get the noise-aware (Wiener / MAP) step
+        ``x + w A^+ (y - A x)`` with ``w = t^2 / (t^2 + noise_std^2)``, where ``t^2`` is the variance of
+        ``A e`` for a white image error ``e`` of standard deviation ``tau`` (default ``self.dc_tau``): a
+        sample much noisier than the estimate is left almost unchanged.
+
+        Args:
+            x: current estimate ``(B, C, *S)``.
+            meas: the measurement.
+            tau: per-sample ``(B,)`` or scalar standard deviation of the error of ``x`` in image units (a
+                diffusion sampler may pass its current noise level).
+        """
 
     def pinv(self, meas: Measurement) -> Tensor:
-        """A simple inverse on the reconstruction grid (default: the adjoint); used as the ``input`` baseline."""
+        """The minimum-norm image consistent with ``meas`` (``project`` of zeros, ignoring noise)."""
         return self.adjoint(meas.y, meas.params)
+
+
+def dc_weight(noise_std: Tensor, prior_var: Tensor | float) -> Tensor:
+    """Per-sample data-consistency weight ``w = v / (v + noise_std^2)``, exactly 1 where ``noise_std == 0``.
+
+    Args:
+        noise_std: ``(B,)`` measurement noise standard deviation.
+        prior_var: ``(B,)`` or scalar variance of the estimate's error mapped into measurement space.
+
+    Returns:
+        ``(B,)`` weights in ``[0, 1]`` (same dtype and device as ``noise_std``).
+    """
+    noise_var = noise_std.to(torch.float64) ** 2
+    prior = torch.as_tensor(prior_var, dtype=torch.float64, device=noise_std.device)
+    w = prior / (prior + noise_var).clamp_min(torch.finfo(torch.float64).tiny)
+    return torch.where(noise_var == 0, torch.ones_like(w), w).to(noise_std.dtype)
+
+
+def expand_to(v: Tensor, like: Tensor) -> Tensor:
+    """Reshape a per-sample ``(B,)`` tensor so it broadcasts against ``like`` ``(B, ...)``."""
+    return v.reshape(v.shape[0], *([1] * (like.ndim - 1)))
+
+
+def randn(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str, dtype: torch.dtype
+) -> Tensor:
+    """Standard normal samples (real ``dtype``) on ``device``, drawn on the generator's own device.
+
+    Drawing on the generator's device (then moving) lets a CPU generator seed CUDA work, and makes a seeded
+    degradation identical on CPU and GPU.
+    """
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> Tensor:
+    """Uniform ``[0, 1)`` float32 samples on ``device``, drawn on the generator's device (see ``randn``)."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+
+
+def check_spatial_dims(spatial_dims: int) -> int:
+    """Validate the ``spatial_dims`` option."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    return int(spatial_dims)
+
+
+def check_image(x: Tensor, spatial_dims: int, channels: int = 1) -> None:
+    """Raise ValueError unless ``x`` is ``(B, channels, *S)`` with ``len(S) == spatial_dims``."""
+    if x.ndim != spatial_dims + 2 or x.shape[1] != channels:
+        raise ValueError(
+            f"expected an image batch (B, {channels}, *S) with {spatial_dims} spatial dims, got shape "
+            f"{tuple(x.shape)}"
+        )
