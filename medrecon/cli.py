@@ -13,10 +13,19 @@ import sys
 from pathlib import Path
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("medrecon.prepare", "scan an archive and write a JSONL manifest (ids, geometry, split, status)"),
+    "prepare": (
+        "medrecon.prepare",
+        "scan an archive and write a JSONL manifest (ids, geometry, split, status)",
+    ),
     "train": ("medrecon.train.run", "train the conditional diffusion U-Net for a task"),
-    "reconstruct": ("medrecon.recon.run", "reconstruct a folder, file or manifest with diffusion or a baseline"),
-    "evaluate": ("medrecon.evaluate.run", "degrade ground truth, reconstruct, report PSNR/SSIM/NMSE and figures"),
+    "reconstruct": (
+        "medrecon.recon.run",
+        "reconstruct a folder, file or manifest with diffusion or a baseline",
+    ),
+    "evaluate": (
+        "medrecon.evaluate.run",
+        "degrade ground truth, reconstruct, report PSNR/SSIM/NMSE and figures",
+    ),
     "demo": ("medrecon.demo", "materialise the sample archive, reconstruct it with the demo model, evaluate"),
     "sample-data": ("medrecon.sample", "write the bundled sample scan as a DICOM series and a NIfTI file"),
 }
@@ -66,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, overrides = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"medrecon: unknown command {command!r}; choose one of {', '.join(COMMANDS)}\n", file=sys.stderr)
+        print(
+            f"medrecon: unknown command {command!r}; choose one of {', '.join(COMMANDS)}\n", file=sys.stderr
+        )
         print(_usage(), file=sys.stderr)
         return EXIT_USAGE
     code = run_command(command, overrides)

@@ -250,3 +250,18 @@ def test_manifest_errors_are_usage_errors(tmp_path):
     only_val = write_archive(tmp_path / "v", splits=("val",))
     with pytest.raises(UsageError, match="no records with status 'ok' in split 'train'"):
         build_training_data(data_cfg(), only_val, ())
+
+
+def test_slice_split_end_moves_the_held_out_block_inside_the_volume():
+    split = SliceSplit(axis=2, val=0.1, test=0.1, gap=2, end=0.6)
+    b = split.bounds(40)
+    assert b["test"] == (20, 24) and b["val"] == (14, 18) and b["train"] == (0, 12)
+    assert split.train_ranges(40) == [(0, 12), (26, 40)]
+    train = split_regions([(8, 8, 40)], "train", split)
+    held_out = set(range(*b["val"])) | set(range(*b["test"]))
+    trained = {k for r in train for k in range(r.lo[2], r.hi[2])}
+    assert trained == set(range(0, 12)) | set(range(26, 40))
+    # every held-out slice is at least `gap` slices away from every training slice
+    assert min(abs(t - h) for t in trained for h in held_out) > split.gap
+    with pytest.raises(ValueError, match="end"):
+        SliceSplit(end=0.0)

@@ -4,11 +4,16 @@ With ``data.slice_split`` every ok record is cut along ``axis`` into three conti
 
     [ train ............ | gap | val ... | gap | test ... ]
 
-``val`` and ``test`` are fractions of the slices (at least one slice each when > 0), taken from the end of the
-axis; ``gap`` slices between the slabs belong to no split, so a 2.5D context window or a 3D patch of the
-training slab never sees a held-out slice. This is how a single scan (the demo) can be trained on and
-evaluated honestly. Without it, a split is the records whose manifest ``split`` field matches, each volume
-whole.
+``val`` and ``test`` are fractions of the slices (at least one slice each when > 0), taken by default from the
+end of the axis; ``gap`` slices between the slabs belong to no split, so a 2.5D context window or a 3D patch of
+the training slab never sees a held-out slice. ``end`` (a fraction of the axis, default 1) moves the held-out
+block ``[val | gap | test]`` so that it ends there; the slices after it (past one more gap) train too::
+
+    [ train ... | gap | val ... | gap | test ... | gap | train ... ]      (end < 1)
+
+so the held-out slabs can sit in the middle of an organ rather than at the edge of the field of view. This is
+how a single scan (the demo) can be trained on and evaluated honestly. Without it, a split is the records
+whose manifest ``split`` field matches, each volume whole.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class SliceSplit:
     val: float = 0.1
     test: float = 0.1
     gap: int = 2
+    end: float = 1.0
 
     def __post_init__(self) -> None:
         if self.axis not in (0, 1, 2):
@@ -57,12 +63,19 @@ class SliceSplit:
                 raise ValueError(f"data.slice_split.{name} must be a fraction in [0, 1), got {value!r}")
         if self.gap < 0:
             raise ValueError(f"data.slice_split.gap must be >= 0 slices, got {self.gap!r}")
+        if not 0.0 < self.end <= 1.0:
+            raise ValueError(f"data.slice_split.end must be a fraction in (0, 1], got {self.end!r}")
 
     def bounds(self, n: int) -> dict[str, tuple[int, int]]:
-        """``{split: (start, stop)}`` slice ranges along the axis for a volume with ``n`` slices."""
+        """``{split: (start, stop)}`` slice ranges along the axis for a volume with ``n`` slices.
+
+        ``train`` is the training slab before the held-out block; with ``end < 1`` the slices after it train
+        too (``train_ranges``).
+        """
         n_test = math.ceil(self.test * n) if self.test > 0 else 0
         n_val = math.ceil(self.val * n) if self.val > 0 else 0
-        test = (n - n_test, n)
+        stop = n if self.end >= 1.0 else max(1, min(n, round(self.end * n)))
+        test = (stop - n_test, stop)
         val_stop = test[0] - (self.gap if n_test else 0)
         val = (val_stop - n_val, val_stop)
         train_stop = (val[0] if n_val else val_stop) - (self.gap if n_val else 0)
@@ -72,6 +85,16 @@ class SliceSplit:
                 f"slices in a volume with {n} slices along axis {self.axis}"
             )
         return {"train": (0, train_stop), "val": val, "test": test}
+
+    def train_ranges(self, n: int) -> list[tuple[int, int]]:
+        """All training slice ranges: the slab before the held-out block and, with ``end < 1``, the one after."""
+        b = self.bounds(n)
+        ranges = [b["train"]]
+        held_out_stop = max(b["test"][1], b["val"][1])
+        tail = held_out_stop + self.gap
+        if self.end < 1.0 and tail < n:
+            ranges.append((tail, n))
+        return ranges
 
 
 def split_regions(
@@ -83,12 +106,16 @@ def split_regions(
     regions = []
     for i, shape in enumerate(shapes):
         lo, hi = [0, 0, 0], list(shape)
-        if slice_split is not None:
-            start, stop = slice_split.bounds(shape[slice_split.axis])[split]
+        if slice_split is None:
+            regions.append(Region(i, tuple(lo), tuple(hi)))  # type: ignore[arg-type]
+            continue
+        n = shape[slice_split.axis]
+        ranges = slice_split.train_ranges(n) if split == "train" else [slice_split.bounds(n)[split]]
+        for start, stop in ranges:
             if stop <= start:
                 continue
             lo[slice_split.axis], hi[slice_split.axis] = start, stop
-        regions.append(Region(i, tuple(lo), tuple(hi)))  # type: ignore[arg-type]
+            regions.append(Region(i, tuple(lo), tuple(hi)))  # type: ignore[arg-type]
     return regions
 
 

@@ -108,7 +108,7 @@ class SliceRule:
         if self.slice_split is not None:
             s = self.slice_split
             return {
-                "slice_split": {"axis": s.axis, "val": s.val, "test": s.test, "gap": s.gap},
+                "slice_split": {"axis": s.axis, "val": s.val, "test": s.test, "gap": s.gap, "end": s.end},
                 "split": self.split,
             }
         return {"split": self.split, "slices": "all"}
