@@ -140,7 +140,7 @@ def test_diffusion_on_held_out_slices_with_uncertainty(manifest, tmp_path, monke
     assert evaluate(*args, "methods=[bicubic,diffusion]", "split=test", "figures.volumes=1") == 0
     report = json.loads((out / "report.json").read_text())
     assert list(report["methods"]) == ["bicubic", "diffusion"] and report["items"] == 3
-    assert report["config"]["selection"]["slice_split"] == split
+    assert report["config"]["selection"]["slice_split"] == {**split, "end": 1.0}
     rows = read_metrics_csv(out / "metrics.csv")
     assert len(rows) == 6 and {r["slices"] for r in rows} == {2}
     assert all(np.isfinite(r["psnr"]) for r in rows)

@@ -178,3 +178,22 @@ def test_write_rejects_bad_name_and_affine(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         write_nifti(volume, tmp_path / "v.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_outputs_get_umask_permissions_even_when_the_writer_recreates_the_file(tmp_path):
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    from medrecon.io.atomic import atomic_path
+
+    umask = os.umask(0o022)
+    try:
+        dest = tmp_path / "w.safetensors"
+        with atomic_path(dest) as tmp:
+            save_file({"a": torch.zeros(2)}, str(tmp))  # safetensors recreates the file with mode 0600
+        assert dest.stat().st_mode & 0o777 == 0o644
+        assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temporary left behind
+    finally:
+        os.umask(umask)
