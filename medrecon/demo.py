@@ -32,7 +32,7 @@ import numpy as np
 
 log = logging.getLogger("medrecon.demo")
 
-DEMO_WEIGHTS = {"sr4x": "demo_sr4x.safetensors"}
+DEMO_WEIGHTS = {"sr4x": "demo_sr4x.safetensors", "mri_r4": "demo_mri_r4.safetensors"}
 
 
 def demo_checkpoint(task: str = "sr4x") -> Path:
