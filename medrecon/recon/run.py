@@ -68,17 +68,6 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(str(cfg.out))
 
 
-def quiet_non_main(rank: int) -> None:
-    """Ranks other than 0 write no log file and show warnings and errors only."""
-    if rank == 0:
-        return
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler):
-            root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
-
-
 # ------------------------------------------------------------------------------------------------ setup
 @dataclass
 class Setup:
@@ -335,7 +324,7 @@ def run(cfg: DictConfig) -> int:
     from medrecon.recon.inputs import resolve_inputs
     from medrecon.recon.ledger import RunLedger, RunRecord, previous_records
     from medrecon.recon.outputs import item_outputs, outputs_present
-    from medrecon.train.distributed import process_device
+    from medrecon.train.distributed import process_device, quiet_non_main
 
     env = sharding.env_from_environ()
     quiet_non_main(env.rank)

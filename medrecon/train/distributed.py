@@ -9,6 +9,7 @@ backend is NCCL on GPUs and gloo on CPUs; each process of a GPU run uses ``cuda:
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from dataclasses import dataclass
 
@@ -92,3 +93,14 @@ def any_process(flag: bool, device: torch.device) -> bool:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
     return flag
+
+
+def quiet_non_main(rank: int) -> None:
+    """Ranks other than 0 write no log file and show warnings and errors only (rank 0 speaks for the job)."""
+    if rank == 0:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+    root.setLevel(logging.WARNING)

@@ -17,25 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 from medrecon.cli import UsageError
 from medrecon.device import resolve_device
 from medrecon.train.distributed import (
-    DistEnv,
     destroy_process_group,
     env_from_environ,
     init_process_group,
     process_device,
+    quiet_non_main,
 )
 
 log = logging.getLogger("medrecon.train")
-
-
-def _quiet_non_main(env: DistEnv) -> None:
-    """Ranks other than 0 neither write train.log nor chat on the console (warnings and errors only)."""
-    if env.is_main:
-        return
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler):
-            root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
 
 
 def _container(node: Any) -> dict[str, Any]:
@@ -80,7 +69,7 @@ def run(cfg: DictConfig) -> int:
     from medrecon.train.validate import Validator
 
     env = env_from_environ()
-    _quiet_non_main(env)
+    quiet_non_main(env.rank)
     try:
         settings = TrainSettings.from_cfg(cfg.train)
     except ValueError as err:
