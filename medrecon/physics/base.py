@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from medrecon.rng import rand, randn  # noqa: F401  (re-exported for the task modules)
+
 
 @dataclass(frozen=True)
 class OperatorParams:
@@ -166,24 +168,6 @@ def dc_weight(noise_std: Tensor, prior_var: Tensor | float) -> Tensor:
 def expand_to(v: Tensor, like: Tensor) -> Tensor:
     """Reshape a per-sample ``(B,)`` tensor so it broadcasts against ``like`` ``(B, ...)``."""
     return v.reshape(v.shape[0], *([1] * (like.ndim - 1)))
-
-
-def randn(
-    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str, dtype: torch.dtype
-) -> Tensor:
-    """Standard normal samples (real ``dtype``) on ``device``, drawn on the generator's own device.
-
-    Drawing on the generator's device (then moving) lets a CPU generator seed CUDA work, and makes a seeded
-    degradation identical on CPU and GPU.
-    """
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
-
-
-def rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> Tensor:
-    """Uniform ``[0, 1)`` float32 samples on ``device``, drawn on the generator's device (see ``randn``)."""
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
 
 
 def check_spatial_dims(spatial_dims: int) -> int:
