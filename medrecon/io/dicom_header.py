@@ -439,22 +439,12 @@ def read_header(path: Path) -> FileHeader:
     Raises:
         RejectedInput: the file belongs to no series (see the module docstring).
     """
-    try:
+    with _refusing_unreadable("header"):
         with path.open("rb") as fp:
             size = os.fstat(fp.fileno()).st_size
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
             pixels = _pixel_info_at(fp, size, ds)
         return _parse(path, ds, pixels, size)
-    except RejectedInput:
-        raise
-    except InvalidDicomError as err:
-        raise RejectedInput(Reason.NOT_DICOM, "no DICOM Part 10 header ('DICM' prefix)") from err
-    except OSError as err:
-        raise RejectedInput(Reason.UNREADABLE, f"cannot read the file ({type(err).__name__})") from err
-    except Exception as err:  # noqa: BLE001 - a header pydicom cannot parse must not stop the scan
-        raise RejectedInput(
-            Reason.UNREADABLE, f"pydicom cannot parse the header ({type(err).__name__})"
-        ) from err
 
 
 def read_file(path: Path) -> tuple[Dataset, FileHeader]:
@@ -463,20 +453,27 @@ def read_file(path: Path) -> tuple[Dataset, FileHeader]:
     Raises:
         RejectedInput: the file belongs to no series (see the module docstring).
     """
-    try:
+    with _refusing_unreadable("file"):
         with path.open("rb") as fp:
             size = os.fstat(fp.fileno()).st_size
             ds = pydicom.dcmread(fp)
         return ds, _parse(path, ds, _pixel_info_of(ds), size)
+
+
+@contextlib.contextmanager
+def _refusing_unreadable(what: str) -> Iterator[None]:
+    """Turn any failure to read or parse one file into that file's ``RejectedInput`` (never a crash)."""
+    try:
+        yield
     except RejectedInput:
         raise
     except InvalidDicomError as err:
         raise RejectedInput(Reason.NOT_DICOM, "no DICOM Part 10 header ('DICM' prefix)") from err
     except OSError as err:
         raise RejectedInput(Reason.UNREADABLE, f"cannot read the file ({type(err).__name__})") from err
-    except Exception as err:  # noqa: BLE001 - a file pydicom cannot parse is this file's failure
+    except Exception as err:  # noqa: BLE001 - a file pydicom cannot parse is this file's failure, not the scan's
         raise RejectedInput(
-            Reason.UNREADABLE, f"pydicom cannot parse the file ({type(err).__name__})"
+            Reason.UNREADABLE, f"pydicom cannot parse the {what} ({type(err).__name__})"
         ) from err
 
 

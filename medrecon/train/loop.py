@@ -303,15 +303,7 @@ class Trainer:
     def save(self) -> Path:
         """Write ``ckpt_<step>``, ``state_<step>`` and ``last`` (rank 0) and prune; returns the checkpoint."""
         rd = self.run_dir
-        ckpt = save_checkpoint(
-            rd.ckpt(self.step),
-            raw=self.precond,
-            ema=self.ema.module,
-            spec=self.spec,
-            encoder=self.data.encoder,
-            config=self.config,
-            step=self.step,
-        )
+        ckpt = self._write_weights(rd.ckpt(self.step))
         state = {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
@@ -329,6 +321,18 @@ class Trainer:
         rd.prune(self.settings.keep_last)
         return ckpt
 
+    def _write_weights(self, path: Path) -> Path:
+        """The current raw and EMA weights with their metadata, as a checkpoint file at ``path``."""
+        return save_checkpoint(
+            path,
+            raw=self.precond,
+            ema=self.ema.module,
+            spec=self.spec,
+            encoder=self.data.encoder,
+            config=self.config,
+            step=self.step,
+        )
+
     # ---- validation & logging -----------------------------------------------------------------------------
     def validate(self) -> None:
         if self.validator is None or not self.env.is_main:
@@ -343,15 +347,7 @@ class Trainer:
             self.writer.add_image("val/gt_input_recon", result.grid, self.step, dataformats="HW")
         if math.isfinite(result.psnr) and result.psnr > self.best_psnr:
             self.best_psnr = result.psnr
-            save_checkpoint(
-                self.run_dir.best,
-                raw=self.precond,
-                ema=self.ema.module,
-                spec=self.spec,
-                encoder=self.data.encoder,
-                config=self.config,
-                step=self.step,
-            )
+            self._write_weights(self.run_dir.best)
 
     def _log_scalars(self, stats: StepStats, img_per_s: float) -> None:
         if self.writer is None:
