@@ -1,10 +1,14 @@
-"""Which torch device a command runs on: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``."""
+"""Which torch device a command runs on (``auto``, ``cpu``, ``cuda[:N]``) and in which precision the network
+runs there (``auto``, ``bf16``, ``fp32``)."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+PRECISION_CHOICES: tuple[str, ...] = ("auto", "bf16", "fp32")
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -38,3 +42,30 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             )
         return device
     raise UsageError(f"device={name!r} is not one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """Turn the ``precision=`` option into ``"bf16"`` or ``"fp32"`` for ``device``.
+
+    ``auto`` is bf16 autocast on CUDA (the network's convolutions and attention in bfloat16 on the tensor
+    cores; EDM's preconditioning keeps the skip path, the sampler and the data consistency in float32) and
+    fp32 on the CPU, where bf16 is slower on most processors.
+
+    Raises:
+        medrecon.cli.UsageError: for an unknown name.
+    """
+    from medrecon.cli import UsageError
+
+    text = str(name).strip().lower()
+    if text not in PRECISION_CHOICES:
+        raise UsageError(f"precision={name!r} is not one of {', '.join(PRECISION_CHOICES)}")
+    if text == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return text
+
+
+def network_autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context for a network forward in ``precision`` (``"bf16"`` or ``"fp32"``) on ``device``."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -61,8 +61,9 @@ def archive(tmp_path_factory):
     return root, series
 
 
-def make_checkpoint(path, task="sr2x", context=0, config=None):
-    """A random-weight tiny U-Net checkpoint for ``task`` (cheap on CPU)."""
+def make_checkpoint(path, task="sr2x", context=0, config=None, perturb=False):
+    """A random-weight tiny U-Net checkpoint for ``task`` (cheap on CPU). The U-Net's output layers start at
+    zero; ``perturb`` adds noise to every weight so that the network's output is not zero."""
     cfg = task_config(task)
     cond = (2 if task.startswith("mri") else 1) * (2 * context + 1)
     spec = ModelSpec(
@@ -72,6 +73,10 @@ def make_checkpoint(path, task="sr2x", context=0, config=None):
     )  # fmt: skip
     torch.manual_seed(0)
     precond = spec.build_precond()
+    if perturb:
+        with torch.no_grad():
+            for param in precond.parameters():
+                param.add_(0.2 * torch.randn_like(param))
     config = OmegaConf.create(config or {"data": {"axis": 2, "slice_split": None}})
     return save_checkpoint(path, raw=precond, ema=None, spec=spec, encoder=Encoder(), config=config, step=3)
 
@@ -236,6 +241,9 @@ def test_usage_errors_exit_2(archive, tmp_path, checkpoint):
     assert reconstruct(f"input={tmp_path}/missing", f"out={tmp_path}/d", "method=tv", "task=sr2x") == 2
     assert reconstruct(f"input={root}", f"out={tmp_path}/e", "method=nlm", "task=sr2x") == 2  # not applicable
     assert reconstruct(f"input={root}", f"out={tmp_path}/f", f"checkpoint={checkpoint}", "task=sr4x") == 2
+    assert (
+        reconstruct(f"input={root}", f"out={tmp_path}/g", f"checkpoint={checkpoint}", "precision=fp16") == 2
+    )
 
 
 # ------------------------------------------------------------------------------------------------ diffusion
@@ -255,6 +263,24 @@ def test_diffusion_single_file_with_uncertainty_independent_of_batch(archive, ch
     assert np.all(std.array >= 0) and std.array.max() > 0
     np.testing.assert_allclose(runs[3][0].array, mean.array, rtol=1e-4, atol=1e-2)
     np.testing.assert_allclose(runs[3][1].array, std.array, rtol=1e-4, atol=1e-2)
+
+
+def test_bf16_network_precision_is_close_to_fp32_and_changes_the_settings(archive, tmp_path):
+    """precision=bf16 runs the network under bf16 autocast (here on the CPU); the sampler and the data
+    consistency stay float32, so the result differs from fp32 by bf16 rounding only. A finished fp32 item is
+    redone, not skipped, when the precision changes."""
+    root, _ = archive
+    out = tmp_path / "run"
+    checkpoint = make_checkpoint(tmp_path / "busy.safetensors", perturb=True)
+    args = [f"input={root / 'good.nii.gz'}", f"out={out}", f"checkpoint={checkpoint}", "sampler.steps=3"]
+    arrays = {}
+    for precision in ("fp32", "bf16"):
+        assert reconstruct(*args, f"precision={precision}") == 0
+        (rec,) = records(out).values()
+        assert rec.status == "ok"
+        arrays[precision] = read_nifti(out / rec.outputs[0]).array
+    diff = np.abs(arrays["bf16"] - arrays["fp32"])
+    assert 0 < diff.max() and diff.mean() < 0.02 * np.ptp(arrays["fp32"])
 
 
 def test_diffusion_with_context_from_a_manifest(archive, tmp_path):
@@ -374,11 +400,13 @@ def test_engine_halves_batches_on_out_of_memory_and_isolates_failures():
 def test_cuda_matches_cpu(archive, checkpoint, tmp_path):
     root, _ = archive
     results = []
-    for device in ("cpu", "cuda"):
-        out = tmp_path / device
+    for device, precision in (("cpu", "auto"), ("cuda", "fp32"), ("cuda", "auto")):
+        out = tmp_path / f"{device}_{precision}"
         args = [f"input={root / 'good.nii.gz'}", f"out={out}", f"checkpoint={checkpoint}", "sampler.steps=2"]
-        assert reconstruct(*args, f"device={device}", "samples=2") == 0
+        assert reconstruct(*args, f"device={device}", f"precision={precision}", "samples=2") == 0
         (rec,) = records(out).values()
         results.append(read_nifti(out / rec.outputs[0]).array)
     # same seeds, same noise (drawn on CPU generators); only float rounding (TF32 convolutions) may differ
     assert np.abs(results[1] - results[0]).mean() < 0.01 * np.ptp(results[0])
+    # CUDA's default (auto) is bf16 autocast for the network: bf16 rounding on top
+    assert np.abs(results[2] - results[0]).mean() < 0.02 * np.ptp(results[0])

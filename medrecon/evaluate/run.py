@@ -116,7 +116,7 @@ def run(cfg: DictConfig) -> int:
     from hydra.utils import instantiate
 
     from medrecon.data.encoder import build_encoder
-    from medrecon.device import resolve_device
+    from medrecon.device import resolve_device, resolve_precision
     from medrecon.evaluate.metrics import volume_metrics
     from medrecon.evaluate.report import (
         MetricRow,
@@ -140,6 +140,7 @@ def run(cfg: DictConfig) -> int:
         value = cfg.get(name)
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
             raise UsageError(f"{name}={value!r} must be an integer >= {0 if name == 'seed' else 1}")
+    precision = resolve_precision(cfg.get("precision", "auto"), device)
     loaded = None
     if cfg.get("checkpoint"):
         from medrecon.checkpoint import load_checkpoint
@@ -160,6 +161,7 @@ def run(cfg: DictConfig) -> int:
                     instantiate(cfg.sampler),
                     instantiate(cfg.guidance),
                     samples=int(cfg.samples),
+                    precision=precision,
                 )
             else:
                 methods[name] = BaselineMethod(name, task)
@@ -292,6 +294,8 @@ def run(cfg: DictConfig) -> int:
         "sampler": _container(cfg.sampler) if DIFFUSION in names else None,
         "guidance": _container(cfg.guidance) if DIFFUSION in names else None,
         "samples": int(cfg.samples),
+        "precision": precision if DIFFUSION in names else None,
+        "device": device.type,
         "seed": int(cfg.seed),
         "axis": layout.axis,
         "spatial_dims": layout.spatial_dims,

@@ -112,7 +112,7 @@ class SelfAttention(nn.Module):
         b, c, *spatial = x.shape
         # (B, 3C, *S) -> (B, N, 3C) -> (3, B, heads, N, head_dim): the head dimension is the contiguous one,
         # which the flash kernel wants (free when the activations are channels_last)
-        qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2)
+        qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).contiguous()
         q, k, v = qkv.reshape(b, -1, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
         out = out.transpose(1, 2).reshape(b, -1, c).transpose(1, 2).reshape(b, c, *spatial)

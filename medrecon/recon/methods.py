@@ -54,23 +54,39 @@ class DiffusionMethod:
         sampler: a ``SamplerConfig``.
         guidance: a ``GuidanceConfig`` (or ``None``).
         samples: K >= 1 posterior samples per unit (mean = reconstruction, std = uncertainty).
+        precision: ``"fp32"`` or ``"bf16"`` (the network under bf16 autocast; ``medrecon.device``). On CUDA
+            a 2D network is also moved to channels_last, the layout cuDNN's tensor-core kernels want.
     """
 
     name = DIFFUSION
 
-    def __init__(self, precond: Any, task: Task, sampler: Any, guidance: Any, samples: int = 1) -> None:
+    def __init__(
+        self,
+        precond: Any,
+        task: Task,
+        sampler: Any,
+        guidance: Any,
+        samples: int = 1,
+        precision: str = "fp32",
+    ) -> None:
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.precond, self.task, self.sampler, self.guidance = precond, task, sampler, guidance
-        self.samples = samples
+        self.samples, self.precision = samples, precision
+        device = next(precond.parameters()).device
+        if device.type == "cuda" and getattr(precond.net, "spatial_dims", 2) == 2:
+            precond.to(memory_format=torch.channels_last)
 
     def __call__(
         self, meas: Measurement, cond: Tensor | None, seeds: Sequence[int]
     ) -> tuple[Tensor, Tensor | None]:
         from medrecon.diffusion.posterior import posterior_sample
 
+        precond = self.precond if self.precision == "fp32" else _Autocast(self.precond, self.precision)
         result = posterior_sample(
-            self.precond,
+            precond,
             self.task,
             meas,
             self.sampler,
@@ -80,3 +96,24 @@ class DiffusionMethod:
             cond=cond,
         )
         return result.mean.float(), (result.std.float() if self.samples > 1 else None)
+
+
+class _Autocast:
+    """``precond`` whose calls run under the network autocast of ``precision``; attributes pass through.
+
+    Only the denoiser's forward is autocast: the sampler's arithmetic and the task's data consistency (which
+    may use convolutions or matrix products) stay in float32. ``EDMPrecond`` returns float32.
+    """
+
+    def __init__(self, precond: Any, precision: str) -> None:
+        self._precond, self._precision = precond, precision
+        self._device = next(precond.parameters()).device
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._precond, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        from medrecon.device import network_autocast
+
+        with network_autocast(self._precision, self._device):
+            return self._precond(*args, **kwargs)

@@ -120,8 +120,9 @@ def checkpoint_axis(loaded: Any, override: Any) -> int:
     return 2
 
 
-def settings_key(cfg: DictConfig, method_name: str, task: Any) -> str:
-    """A short hash of everything that changes the result: a finished item is redone when it differs."""
+def settings_key(cfg: DictConfig, method_name: str, task: Any, precision: str = "fp32") -> str:
+    """A short hash of everything that changes the result: a finished item is redone when it differs.
+    ``precision`` is the resolved network precision (``fp32`` or ``bf16``)."""
     ckpt = cfg.get("checkpoint")
     ckpt_id = None
     if ckpt:
@@ -135,6 +136,7 @@ def settings_key(cfg: DictConfig, method_name: str, task: Any) -> str:
         "sampler": _container(cfg.get("sampler")) if method_name == "diffusion" else None,
         "guidance": _container(cfg.get("guidance")) if method_name == "diffusion" else None,
         "samples": int(cfg.samples) if method_name == "diffusion" else 1,
+        "precision": precision if method_name == "diffusion" else None,
         "seed": int(cfg.seed),
         "axis": cfg.get("axis"),
         "dicom": bool(cfg.get("dicom", True)),
@@ -148,6 +150,7 @@ def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
     from hydra.utils import instantiate
 
     from medrecon.baselines import BASELINES
+    from medrecon.device import resolve_precision
     from medrecon.recon.methods import DIFFUSION, BaselineMethod, DiffusionMethod
     from medrecon.recon.slicing import Layout
 
@@ -160,6 +163,7 @@ def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
         raise UsageError(f"samples={samples!r} must be an integer >= 1")
     if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise UsageError(f"batch_size={cfg.batch_size!r} must be an integer >= 1")
+    precision = resolve_precision(cfg.get("precision", "auto"), device)
     loaded = None
     if cfg.get("checkpoint"):
         from medrecon.checkpoint import load_checkpoint
@@ -177,7 +181,9 @@ def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
         if method_name == DIFFUSION:
             sampler = instantiate(cfg.sampler)
             guidance = instantiate(cfg.guidance)
-            method = DiffusionMethod(loaded.precond, task, sampler, guidance, samples=samples)
+            method = DiffusionMethod(
+                loaded.precond, task, sampler, guidance, samples=samples, precision=precision
+            )
         else:
             if samples > 1:
                 log.warning("samples=%d is ignored: baseline %s is deterministic", samples, method_name)
@@ -193,7 +199,7 @@ def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
         layout=layout,
         context=context,
         device=device,
-        settings=settings_key(cfg, method_name, task),
+        settings=settings_key(cfg, method_name, task, precision),
     )
 
 
