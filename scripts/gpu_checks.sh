@@ -23,11 +23,11 @@ step() {  # step NAME SECONDS COMMAND...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'monai', monai.__version__)"
 bench=scripts/bench_sampling.py
-step sample_b8_default 150 python3 $bench --size 256 --batch 8 --device cuda --repeats 3 --json "$out/sample_b8_default.json"
-step sample_b8_10steps 150 python3 $bench --size 256 --batch 8 --device cuda --steps 10 --repeats 3 --json "$out/sample_b8_10steps.json"
-step sample_b32_default 150 python3 $bench --size 256 --batch 32 --device cuda --repeats 2 --json "$out/sample_b32_default.json"
-step gpu_tests 180 python3 -m pytest -q -m gpu -p no:cacheprovider tests
-step demo 240 python3 -m medrecon demo out=/tmp/medrecon_demo_gpu
+step sample_b8_default 120 python3 $bench --size 256 --batch 8 --device cuda --repeats 3 --json "$out/sample_b8_default.json"
+step sample_b8_10steps 100 python3 $bench --size 256 --batch 8 --device cuda --steps 10 --repeats 3 --json "$out/sample_b8_10steps.json"
+step sample_b32_default 120 python3 $bench --size 256 --batch 32 --device cuda --repeats 2 --json "$out/sample_b32_default.json"
+step gpu_tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests
+step demo 150 python3 -m medrecon demo out=/tmp/medrecon_demo_gpu
 cp /tmp/medrecon_demo_gpu/eval/report.json "$out/demo_report.json" 2>/dev/null
-step train_b32 200 python3 scripts/bench_training.py --size 256 --batch 32 --model unet_small --device cuda \
+step train_b32 150 python3 scripts/bench_training.py --size 256 --batch 32 --model unet_small --device cuda \
     --steps 10 --warmup 3 --json "$out/train_b32.json"
