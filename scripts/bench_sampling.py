@@ -58,6 +58,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeats", type=int, default=2, help="timed sampling runs per model, best kept (default 2)"
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--compile",
+        choices=("none", "medrecon", "both"),
+        default="none",
+        help="torch.compile medrecon's network (as `reconstruct compile=true` does), or both networks "
+        "(default none: eager, MONAI's reference pipeline as it ships)",
+    )
+    p.add_argument("--skip-train", action="store_true", help="time sampling only (no training steps)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     for name in ("size", "batch", "monai_steps", "train_steps", "repeats"):
@@ -207,10 +215,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     precond.train()
     monai_net.train()
-    ours_train()  # warm-up (allocator, cudnn autotune)
-    monai_train()
+    # FLOPs are counted on the eager networks, before any compilation
     f_train_ours, f_train_monai = flops(ours_fwd_bwd), flops(monai_fwd_bwd)
-    t_train_ours, t_train_monai = best_times(ours_train, monai_train, device, args.train_steps, "train")
+    with torch.no_grad(), amp:
+        f_fwd_ours = flops(lambda: net(x_in, c_noise))
+        f_fwd_monai = flops(lambda: monai_net(x_in, timesteps=t_monai))
+    compile_s: dict[str, float] = {}
+    if args.compile != "none":
+        net.compile()  # what `medrecon reconstruct compile=true` does
+        if args.compile == "both":
+            monai_net.compile()
+    if args.skip_train:
+        t_train_ours = t_train_monai = float("nan")
+    else:
+        ours_train()  # warm-up (allocator, cudnn autotune, compilation)
+        monai_train()
+        t_train_ours, t_train_monai = best_times(ours_train, monai_train, device, args.train_steps, "train")
 
     # --- sampling -------------------------------------------------------------------------------------------
     precond.eval()
@@ -244,10 +264,16 @@ def main(argv: list[str] | None = None) -> dict:
                 verbose=False,
             )
 
-    ours_forward()  # warm-up
-    monai_forward()
-    f_fwd_ours, f_fwd_monai = flops(ours_forward), flops(monai_forward)
+    for name, fn in (("medrecon", ours_forward), ("monai", monai_forward)):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()  # warm-up; with --compile this is where the inference graph compiles
+        sync(device)
+        compile_s[name] = time.perf_counter() - t0
     t_fwd_ours, t_fwd_monai = best_times(ours_forward, monai_forward, device, 5, "forward")
+    if args.compile != "none":  # a compiled network may specialise again on the sampler's inputs: warm up
+        ours_sample()
+        monai_sample()
     t_sample_ours, t_sample_monai = best_times(ours_sample, monai_sample, device, args.repeats, "sample")
 
     res = {
@@ -261,6 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
         "batch": b,
         "bf16_autocast": cuda,
         "channels_last": cuda,
+        "compile": args.compile,
+        "first_forward_s": compile_s,
         "medrecon": {
             "model": args.model,
             "params": p_ours,
@@ -290,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     res["sampling_ratio"] = res["medrecon"]["slices_per_s"] / res["monai"]["slices_per_s"]
-    res["train_ratio"] = t_train_monai / t_train_ours
+    res["train_ratio"] = t_train_monai / t_train_ours if not args.skip_train else float("nan")
     # cross-check from the per-forward times alone: (MONAI forward x its NFE) / (ours x our NFE)
     res["forward_nfe_ratio"] = (t_fwd_monai * nfe_monai) / (t_fwd_ours * nfe_ours)
     res["cpu_seconds"] = dict(CPU_SECONDS)
@@ -305,7 +333,12 @@ def main(argv: list[str] | None = None) -> dict:
 def report(r: dict) -> None:
     o, m = r["medrecon"], r["monai"]
     print(f"{r['date']}  {r['device']}  torch {r['torch']}  {r['size']}x{r['size']}  batch {r['batch']}")
-    print(f"bf16 autocast: {r['bf16_autocast']}  channels_last: {r['channels_last']}")
+    print(
+        f"bf16 autocast: {r['bf16_autocast']}  channels_last: {r['channels_last']}  compile: {r['compile']}"
+        f"  (first forward after compile: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in r["first_forward_s"].items())
+        + ")"
+    )
     print(f"{'':<24}{'medrecon':>24}{'MONAI':>24}")
     rows = [
         ("model", o["model"], "ch " + ",".join(str(c) for c in m["channels"])),
@@ -330,7 +363,7 @@ def report(r: dict) -> None:
         print(
             f"process CPU seconds (best, medrecon vs MONAI): sampling {c['sample_a']:.2f} vs "
             f"{c['sample_b']:.2f}, forward {c['forward_a']:.3f} vs {c['forward_b']:.3f}, train step "
-            f"{c['train_a']:.3f} vs {c['train_b']:.3f}; sampling ratio by CPU time: "
+            f"{c.get('train_a', float('nan')):.3f} vs {c.get('train_b', float('nan')):.3f}; sampling ratio by CPU time: "
             f"{r['sampling_ratio_cpu_time']:.2f}x"
         )
 

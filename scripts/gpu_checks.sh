@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# The GPU checks of docs/benchmarks.md in one go (benchmarks, CUDA-marked tests, the demo on the GPU).
+# The GPU checks of docs/benchmarks.md (benchmarks, CUDA-marked tests, the demo on the GPU).
 #
-#   bash scripts/gpu_checks.sh OUTDIR
+#   bash scripts/gpu_checks.sh OUTDIR [STEP ...]
 #
-# Runs with the python3 on PATH, which must have torch with CUDA; medrecon is used from this checkout
-# (PYTHONPATH), so its other dependencies must be importable (pip install -e . does it). MONAI's attention
-# needs einops. Each step's output goes to OUTDIR/<step>.log and the benchmarks' JSON to OUTDIR/*.json;
-# a failing step does not stop the others. Takes about 5 minutes on one H100/H200.
+# STEPs (default: all, in this order): gpu_tests demo train_b32 sample_b8 sample_b8_10steps sample_b32
+# sample_b8_compile sample_b8_compile_both. Runs with the python3 on PATH, which must have torch with CUDA;
+# medrecon is used from this checkout (PYTHONPATH), so its other dependencies must be importable
+# (pip install -e . does it). MONAI's attention needs einops. Each step's output goes to OUTDIR/<step>.log and
+# the benchmarks' JSON to OUTDIR/<step>.json; a failing step does not stop the others. All steps take about
+# 8 minutes on one H200.
 set -u
-out=${1:?usage: bash scripts/gpu_checks.sh OUTDIR}
+out=${1:?usage: bash scripts/gpu_checks.sh OUTDIR [STEP ...]}
+shift
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(gpu_tests demo train_b32 sample_b8 sample_b8_10steps sample_b32
+    sample_b8_compile sample_b8_compile_both)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-step() {  # step NAME SECONDS COMMAND...
+run() {  # run NAME SECONDS COMMAND...
     local name=$1 limit=$2
     shift 2
     echo "=== $name: $*"
@@ -22,12 +28,23 @@ step() {  # step NAME SECONDS COMMAND...
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'monai', monai.__version__)"
-bench=scripts/bench_sampling.py
-step sample_b8_default 120 python3 $bench --size 256 --batch 8 --device cuda --repeats 3 --json "$out/sample_b8_default.json"
-step sample_b8_10steps 100 python3 $bench --size 256 --batch 8 --device cuda --steps 10 --repeats 3 --json "$out/sample_b8_10steps.json"
-step sample_b32_default 120 python3 $bench --size 256 --batch 32 --device cuda --repeats 2 --json "$out/sample_b32_default.json"
-step gpu_tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests
-step demo 150 python3 -m medrecon demo out=/tmp/medrecon_demo_gpu
-cp /tmp/medrecon_demo_gpu/eval/report.json "$out/demo_report.json" 2>/dev/null
-step train_b32 150 python3 scripts/bench_training.py --size 256 --batch 32 --model unet_small --device cuda \
-    --steps 10 --warmup 3 --json "$out/train_b32.json"
+bench="python3 scripts/bench_sampling.py --size 256 --device cuda"
+for s in "${steps[@]}"; do
+    case $s in
+    gpu_tests) run "$s" 180 python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
+    demo)
+        run "$s" 150 python3 -m medrecon demo out=/tmp/medrecon_demo_gpu
+        cp /tmp/medrecon_demo_gpu/eval/report.json "$out/demo_report.json" 2>/dev/null
+        ;;
+    train_b32) run "$s" 150 python3 scripts/bench_training.py --size 256 --batch 32 --model unet_small \
+        --device cuda --steps 10 --warmup 3 --json "$out/$s.json" ;;
+    sample_b8) run "$s" 120 $bench --batch 8 --repeats 3 --json "$out/$s.json" ;;
+    sample_b8_10steps) run "$s" 100 $bench --batch 8 --steps 10 --repeats 3 --json "$out/$s.json" ;;
+    sample_b32) run "$s" 120 $bench --batch 32 --repeats 2 --json "$out/$s.json" ;;
+    sample_b8_compile) run "$s" 200 $bench --batch 8 --repeats 3 --compile medrecon --skip-train \
+        --json "$out/$s.json" ;;
+    sample_b8_compile_both) run "$s" 240 $bench --batch 8 --repeats 3 --compile both --skip-train \
+        --json "$out/$s.json" ;;
+    *) echo "unknown step $s" ;;
+    esac
+done

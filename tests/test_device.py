@@ -24,3 +24,27 @@ def test_network_autocast_runs_matrix_products_in_bf16_only_when_asked():
         assert (a @ a).dtype == torch.bfloat16
     with network_autocast("fp32", torch.device("cpu")):
         assert (a @ a).dtype == torch.float32
+
+
+def test_process_device_gives_cuda_an_index(monkeypatch):
+    """``torch.cuda.set_device`` refuses an index-less ``cuda`` (seen on torch 2.11 with an H200): the
+    process device must carry an index, and distributed ranks take their LOCAL_RANK."""
+    from medrecon.train.distributed import DistEnv, process_device
+
+    chosen = []
+
+    def set_device(device):
+        if device.index is None:
+            raise ValueError(f"Expected a torch.device with a specified index, got {device}")
+        chosen.append(device)
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert process_device(torch.device("cuda"), DistEnv(rank=0, world_size=1, local_rank=0)) == torch.device(
+        "cuda", 0
+    )
+    assert process_device(torch.device("cuda"), DistEnv(rank=3, world_size=4, local_rank=1)) == torch.device(
+        "cuda", 1
+    )
+    assert process_device(torch.device("cpu"), DistEnv(rank=0, world_size=1, local_rank=0)).type == "cpu"
+    assert chosen == [torch.device("cuda", 0), torch.device("cuda", 1)]

@@ -244,6 +244,7 @@ def test_usage_errors_exit_2(archive, tmp_path, checkpoint):
     assert (
         reconstruct(f"input={root}", f"out={tmp_path}/g", f"checkpoint={checkpoint}", "precision=fp16") == 2
     )
+    assert reconstruct(f"input={root}", f"out={tmp_path}/h", f"checkpoint={checkpoint}", "compile=maybe") == 2
 
 
 # ------------------------------------------------------------------------------------------------ diffusion
@@ -410,3 +411,18 @@ def test_cuda_matches_cpu(archive, checkpoint, tmp_path):
     assert np.abs(results[1] - results[0]).mean() < 0.01 * np.ptp(results[0])
     # CUDA's default (auto) is bf16 autocast for the network: bf16 rounding on top
     assert np.abs(results[2] - results[0]).mean() < 0.02 * np.ptp(results[0])
+
+
+@pytest.mark.gpu
+def test_cuda_compiled_network_matches_eager(archive, tmp_path):
+    """compile=true (torch.compile of the network) gives the eager result up to kernel rounding."""
+    root, _ = archive
+    checkpoint = make_checkpoint(tmp_path / "busy.safetensors", perturb=True)
+    results = []
+    for flag in ("false", "true"):
+        out = tmp_path / f"compile_{flag}"
+        args = [f"input={root / 'good.nii.gz'}", f"out={out}", f"checkpoint={checkpoint}", "sampler.steps=3"]
+        assert reconstruct(*args, "device=cuda", "precision=fp32", f"compile={flag}") == 0
+        (rec,) = records(out).values()
+        results.append(read_nifti(out / rec.outputs[0]).array)
+    assert np.abs(results[1] - results[0]).mean() < 0.01 * np.ptp(results[0])

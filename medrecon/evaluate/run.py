@@ -130,7 +130,7 @@ def run(cfg: DictConfig) -> int:
     from medrecon.recon.engine import Engine, Job, describe
     from medrecon.recon.measure import unit_seeds
     from medrecon.recon.methods import BaselineMethod, DiffusionMethod
-    from medrecon.recon.run import checkpoint_axis, output_dir, resolve_task, scrub
+    from medrecon.recon.run import bool_option, checkpoint_axis, output_dir, resolve_task, scrub
     from medrecon.recon.slicing import Layout
 
     out = output_dir(cfg)
@@ -162,6 +162,7 @@ def run(cfg: DictConfig) -> int:
                     instantiate(cfg.guidance),
                     samples=int(cfg.samples),
                     precision=precision,
+                    compile=bool_option(cfg, "compile"),
                 )
             else:
                 methods[name] = BaselineMethod(name, task)

@@ -145,6 +145,14 @@ def settings_key(cfg: DictConfig, method_name: str, task: Any, precision: str = 
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def bool_option(cfg: DictConfig, name: str) -> bool:
+    """A boolean option (``name=true|false``); anything else is a usage error."""
+    value = cfg.get(name, False)
+    if not isinstance(value, bool):
+        raise UsageError(f"{name}={value!r} must be true or false")
+    return value
+
+
 def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
     """Validate the options and load the model or baseline (usage problems raise ``UsageError``)."""
     from hydra.utils import instantiate
@@ -182,7 +190,13 @@ def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
             sampler = instantiate(cfg.sampler)
             guidance = instantiate(cfg.guidance)
             method = DiffusionMethod(
-                loaded.precond, task, sampler, guidance, samples=samples, precision=precision
+                loaded.precond,
+                task,
+                sampler,
+                guidance,
+                samples=samples,
+                precision=precision,
+                compile=bool_option(cfg, "compile"),
             )
         else:
             if samples > 1:

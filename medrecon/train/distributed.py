@@ -55,10 +55,13 @@ def env_from_environ() -> DistEnv:
 
 
 def process_device(device: torch.device, env: DistEnv) -> torch.device:
-    """The device of this process: ``cuda:LOCAL_RANK`` for a distributed GPU run, else ``device``."""
+    """The device of this process: ``cuda:LOCAL_RANK`` for a distributed GPU run, else ``device`` with its
+    index filled in (``cuda`` -> ``cuda:<current device>``; ``torch.cuda.set_device`` refuses a bare ``cuda``)."""
     if device.type == "cuda" and env.distributed:
         device = torch.device("cuda", env.local_rank)
     if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     return device
 
