@@ -29,7 +29,7 @@ def test_network_autocast_runs_matrix_products_in_bf16_only_when_asked():
 def test_process_device_gives_cuda_an_index(monkeypatch):
     """``torch.cuda.set_device`` refuses an index-less ``cuda`` (seen on torch 2.11 with an H200): the
     process device must carry an index, and distributed ranks take their LOCAL_RANK."""
-    from medrecon.train.distributed import DistEnv, process_device
+    from medrecon.distributed import DistEnv, process_device
 
     chosen = []
 

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from medrecon.checkpoint import ModelSpec, save_checkpoint
 from medrecon.cli import run_command
 from medrecon.data.encoder import Encoder
+from medrecon.distributed import DistEnv
 from medrecon.io.dicom import read_dicom_series, scan_dicom
 from medrecon.io.nifti import read_nifti, write_nifti
 from medrecon.physics.base import Measurement, OperatorParams
@@ -27,7 +28,6 @@ from medrecon.recon.engine import Engine, Job
 from medrecon.recon.geometry import bounding_box, upsampled_affine
 from medrecon.recon.ledger import RunLedger, RunRecord, read_records
 from medrecon.recon.outputs import item_outputs
-from medrecon.train.distributed import DistEnv
 from medrecon.volume import Volume
 
 PHI = ("Doe^Jane", "Doe", "Jane", "12345678")

@@ -338,13 +338,13 @@ def _expected_shape(ctx: ItemContext, setup: Setup) -> tuple[int, ...] | None:
 def run(cfg: DictConfig) -> int:
     """Reconstruct ``cfg.input`` into ``cfg.out``; returns the exit code (see the module docstring)."""
     from medrecon.device import resolve_device
+    from medrecon.distributed import process_device, quiet_non_main
     from medrecon.io.errors import RejectedInput
     from medrecon.recon import sharding
     from medrecon.recon.engine import ERROR, Engine, describe
     from medrecon.recon.inputs import resolve_inputs
     from medrecon.recon.ledger import RunLedger, RunRecord, previous_records
     from medrecon.recon.outputs import item_outputs, outputs_present
-    from medrecon.train.distributed import process_device, quiet_non_main
 
     env = sharding.env_from_environ()
     quiet_non_main(env.rank)

@@ -5,7 +5,7 @@ Every rank discovers the same item list, sorts the ids and takes every ``WORLD_S
 the archive was walked in. Each rank appends its records to ``run.rank<k>.jsonl``; after a barrier rank 0
 merges them into ``run.jsonl``. The barrier uses a gloo process group with a long timeout (ranks with unequal
 shares may finish hours apart), whatever device the reconstruction runs on. The launcher's variables are read
-by ``medrecon.train.distributed.env_from_environ`` (torchrun, or SLURM through submitit).
+by ``medrecon.distributed.env_from_environ`` (torchrun, or SLURM through submitit).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch.distributed as dist
 
-from medrecon.train.distributed import DistEnv, env_from_environ
+from medrecon.distributed import DistEnv, env_from_environ
 
 _BARRIER_TIMEOUT = datetime.timedelta(days=2)
 

@@ -34,7 +34,7 @@ from medrecon.checkpoint import ModelSpec, load_weights, read_metadata, save_che
 from medrecon.data.build import TrainingData
 from medrecon.data.context import training_pair
 from medrecon.data.sampler import ResumableSampler
-from medrecon.train.distributed import DistEnv, all_reduce_mean, any_process
+from medrecon.distributed import DistEnv, all_reduce_mean, any_process
 from medrecon.train.optim import build_optimizer, build_scheduler
 from medrecon.train.rundir import RunDir
 from medrecon.train.settings import TrainSettings

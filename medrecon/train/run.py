@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medrecon.cli import UsageError
 from medrecon.device import resolve_device
-from medrecon.train.distributed import (
+from medrecon.distributed import (
     destroy_process_group,
     env_from_environ,
     init_process_group,

@@ -1,5 +1,5 @@
-"""Data-parallel training under ``torchrun``: read the launcher's environment, start and stop the process
-group.
+"""Several processes under ``torchrun`` (or SLURM through submitit), for training and for reconstruction:
+read the launcher's environment, pick each process's device, start and stop the process group.
 
 ``torchrun --nproc_per_node=N -m medrecon.cli train ...`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR`` and ``MASTER_PORT`` for every process; without them training runs as a single process. The
