@@ -84,12 +84,34 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def missing_required(command: str, overrides: list[str]) -> list[str]:
+    """The required options of ``conf/<command>.yaml`` (top-level ``???`` values) that ``overrides`` leaves
+    unset. Empty when a Hydra flag (``--help``, ``--cfg``, ``-m``, ...) is given: Hydra handles those."""
+    from omegaconf import OmegaConf
+
+    if any(o.startswith("-") for o in overrides):
+        return []
+    cfg = OmegaConf.load(conf_dir() / f"{command}.yaml")
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    return [
+        str(key)
+        for key in cfg
+        if key not in ("defaults", "hydra") and OmegaConf.is_missing(cfg, key) and key not in given
+    ]
+
+
 def run_command(command: str, overrides: list[str]) -> int:
     """Run one command through Hydra with ``overrides`` as its command line; returns the exit code."""
     import hydra
     from omegaconf import DictConfig
     from omegaconf.errors import MissingMandatoryValue
 
+    missing = missing_required(command, overrides)
+    if missing:
+        needed = " ".join(f"{key}=..." for key in missing)
+        print(f"medrecon {command}: missing required option(s): {needed}", file=sys.stderr)
+        print(f"Run 'medrecon {command} --help' for the options.", file=sys.stderr)
+        return EXIT_USAGE
     module_name = COMMANDS[command][0]
     state: dict[str, int | bool] = {"started": False, "code": 0}
 

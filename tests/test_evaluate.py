@@ -166,6 +166,8 @@ def test_evaluate_usage_errors(manifest, tmp_path):
     assert evaluate(f"manifest={manifest}", f"out={tmp_path}/a", "task=sr2x", "methods=[diffusion]") == 2
     assert evaluate(f"manifest={manifest}", f"out={tmp_path}/b") == 2  # neither task nor checkpoint
     assert evaluate(f"manifest={tmp_path}/none.jsonl", f"out={tmp_path}/c", "task=sr2x") == 2
+    assert evaluate(f"manifest={tmp_path}/none.jsonl", f"out={tmp_path}/e") == 2
+    assert "none.jsonl does not exist" in (tmp_path / "e" / "evaluate.log").read_text()
     assert (
         evaluate(f"manifest={manifest}", f"out={tmp_path}/d", "task=sr2x", "split=train") == 2
     )  # empty split

@@ -236,6 +236,14 @@ def test_cli_prepare(archive, tmp_path, monkeypatch):
     assert main(["prepare", f"input={archive}"]) == 2  # manifest is required
 
 
+def test_missing_required_options_get_one_clear_line(capsys):
+    assert main(["train", "manifest=m.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "missing required option(s): out=..." in err and "exception formatting" not in err
+    assert main(["reconstruct"]) == 2
+    assert "input=... out=..." in capsys.readouterr().err
+
+
 def _record(**changes):
     fields = dict(
         id="s-0123456789abcdef",

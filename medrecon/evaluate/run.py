@@ -133,6 +133,8 @@ def run(cfg: DictConfig) -> int:
     from medrecon.recon.run import bool_option, checkpoint_axis, output_dir, resolve_task, scrub
     from medrecon.recon.slicing import Layout
 
+    if not Path(str(cfg.manifest)).is_file():
+        raise UsageError(f"manifest={cfg.manifest} does not exist (write one with 'medrecon prepare')")
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
