@@ -69,3 +69,11 @@ def network_autocast(precision: str, device: torch.device) -> contextlib.Abstrac
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def cuda_memory_format(spatial_dims: int, device: torch.device) -> torch.memory_format | None:
+    """The activation layout cuDNN's tensor-core kernels want on CUDA (channels_last, or channels_last_3d for
+    volumes); ``None`` (keep the default) on other devices."""
+    if device.type != "cuda":
+        return None
+    return torch.channels_last if int(spatial_dims) == 2 else torch.channels_last_3d

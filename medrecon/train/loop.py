@@ -34,6 +34,7 @@ from medrecon.checkpoint import ModelSpec, load_weights, read_metadata, save_che
 from medrecon.data.build import TrainingData
 from medrecon.data.context import training_pair
 from medrecon.data.sampler import ResumableSampler
+from medrecon.device import cuda_memory_format, network_autocast
 from medrecon.distributed import DistEnv, all_reduce_mean, any_process
 from medrecon.train.optim import build_optimizer, build_scheduler
 from medrecon.train.rundir import RunDir
@@ -139,9 +140,7 @@ class Trainer:
         self.env, self.seed = env, seed
         self.validator, self.num_workers = validator, int(num_workers)
         cuda = device.type == "cuda"
-        self.memory_format = (
-            (torch.channels_last if spec.spatial_dims == 2 else torch.channels_last_3d) if cuda else None
-        )
+        self.memory_format = cuda_memory_format(spec.spatial_dims, device)
         torch.manual_seed(seed_for(seed, 0xC0FFEE))  # identical initial weights on every rank
         self.precond = spec.build_precond().to(device)
         if self.memory_format is not None:
@@ -165,11 +164,8 @@ class Trainer:
         self.scheduler = build_scheduler(
             self.optimizer, settings.warmup, settings.steps, settings.min_lr_ratio
         )
-        self.autocast = (
-            (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-            if cuda and settings.amp
-            else contextlib.nullcontext
-        )
+        precision = "bf16" if cuda and settings.amp else "fp32"
+        self.autocast = lambda: network_autocast(precision, device)
         self.step = 0
         self.bad_total = 0
         self.bad_in_row = 0
