@@ -187,7 +187,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         UsageError: the file is missing or is not a medrecon checkpoint.
     """
-    from medrecon.cli import UsageError
+    from medrecon.errors import UsageError
 
     path = Path(path)
     if not path.is_file():

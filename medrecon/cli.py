@@ -12,6 +12,10 @@ import logging
 import sys
 from pathlib import Path
 
+from medrecon.errors import UsageError
+
+__all__ = ["COMMANDS", "UsageError", "main", "run_command"]
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": (
         "medrecon.prepare",
@@ -33,10 +37,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 EXIT_USAGE = 2
 
 log = logging.getLogger("medrecon")
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for (bad option value, missing input): exit code 2, no traceback."""
 
 
 def conf_dir() -> Path:

@@ -95,7 +95,7 @@ def _medrecon(args: list[str]) -> int:
 def run(cfg: Any) -> int:
     """``medrecon demo [out=medrecon_demo] [device=auto] [sampler.steps=N] [samples=K]``."""
     from medrecon.checkpoint import load_checkpoint
-    from medrecon.cli import UsageError
+    from medrecon.errors import UsageError
     from medrecon.io.dicom import read_dicom_dir
 
     out = Path(str(cfg.out)).absolute()

@@ -19,9 +19,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             ``"cuda:N"``.
 
     Raises:
-        medrecon.cli.UsageError: for an unknown name, or CUDA asked for on a machine without a usable GPU.
+        medrecon.errors.UsageError: for an unknown name, or CUDA asked for on a machine without a usable GPU.
     """
-    from medrecon.cli import UsageError
+    from medrecon.errors import UsageError
 
     text = str(name).strip().lower()
     if text == "auto":
@@ -52,9 +52,9 @@ def resolve_precision(name: str, device: torch.device) -> str:
     fp32 on the CPU, where bf16 is slower on most processors.
 
     Raises:
-        medrecon.cli.UsageError: for an unknown name.
+        medrecon.errors.UsageError: for an unknown name.
     """
-    from medrecon.cli import UsageError
+    from medrecon.errors import UsageError
 
     text = str(name).strip().lower()
     if text not in PRECISION_CHOICES:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medrecon.cli import UsageError
+from medrecon.errors import UsageError
 from medrecon.io.archive import Item, discover
 from medrecon.manifest import SPLITS, ManifestRecord, write_manifest
 

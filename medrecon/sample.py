@@ -125,7 +125,7 @@ def materialise_demo_archive(out_dir: str | Path, resolution_mm: float = 2.0) ->
 
 def run(cfg: Any) -> int:
     """``medrecon sample-data out=DIR [resolution_mm=2]``."""
-    from medrecon.cli import UsageError
+    from medrecon.errors import UsageError
     from medrecon.prepare import required
 
     out = required(cfg, "out", "the folder to write the demo archive into")

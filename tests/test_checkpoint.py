@@ -12,8 +12,8 @@ from safetensors import safe_open
 
 from medrecon import __version__
 from medrecon.checkpoint import ModelSpec, load_checkpoint, read_metadata, redact_paths, save_checkpoint
-from medrecon.cli import UsageError
 from medrecon.data.encoder import Encoder
+from medrecon.errors import UsageError
 from medrecon.train.state import capture_rng, load_state, restore_rng, save_state
 
 MODEL = {

@@ -10,7 +10,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from medrecon.cli import UsageError
 from medrecon.data.build import build_training_data
 from medrecon.data.context import stack_neighbours, training_pair
 from medrecon.data.datasets import Foreground, PatchDataset, SliceDataset, evaluation_subset, slice_index
@@ -19,6 +18,7 @@ from medrecon.data.regions import Region, SliceSplit, split_regions
 from medrecon.data.sampler import ResumableSampler
 from medrecon.data.source import VolumeCache
 from medrecon.data.transforms import crop_or_pad, patch_shape, random_flip_rot90
+from medrecon.errors import UsageError
 from medrecon.io.nifti import write_nifti
 from medrecon.manifest import ManifestRecord, write_manifest
 from medrecon.physics.sr import SuperResolutionTask

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medrecon.cli import UsageError
 from medrecon.device import network_autocast, resolve_precision
+from medrecon.errors import UsageError
 
 
 def test_auto_precision_is_bf16_on_cuda_and_fp32_on_cpu():

@@ -12,7 +12,8 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
 from medrecon import prepare
-from medrecon.cli import UsageError, main
+from medrecon.cli import main
+from medrecon.errors import UsageError
 from medrecon.io.archive import discover, load_item
 from medrecon.io.dicom_write import write_dicom_series
 from medrecon.io.errors import RejectedInput

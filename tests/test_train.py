@@ -213,7 +213,7 @@ def test_usage_errors_exit_2(manifest, tmp_path):
 def test_resolve_device_and_settings():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    from medrecon.cli import UsageError
+    from medrecon.errors import UsageError
 
     with pytest.raises(UsageError, match="not one of"):
         resolve_device("tpu")

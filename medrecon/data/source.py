@@ -17,7 +17,7 @@ from medrecon.data.encoder import Encoder
 
 
 def _usage_error(message: str) -> Exception:
-    from medrecon.cli import UsageError
+    from medrecon.errors import UsageError
 
     return UsageError(message)
 

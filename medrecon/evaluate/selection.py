@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from medrecon.cli import UsageError
+from medrecon.errors import UsageError
 
 DIFFUSION = "diffusion"
 

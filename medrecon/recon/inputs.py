@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medrecon.cli import UsageError
+from medrecon.errors import UsageError
 
 
 def _file_item(path: Path) -> Any:

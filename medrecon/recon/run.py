@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from medrecon.cli import UsageError
+from medrecon.errors import UsageError
 
 log = logging.getLogger("medrecon.reconstruct")
 

@@ -185,7 +185,7 @@ class Trainer:
         Raises:
             UsageError: the stored run used another model, task or data geometry.
         """
-        from medrecon.cli import UsageError
+        from medrecon.errors import UsageError
 
         steps = self.run_dir.steps()
         if not steps:

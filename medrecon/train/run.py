@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from medrecon.cli import UsageError
 from medrecon.device import resolve_device
 from medrecon.distributed import (
     destroy_process_group,
@@ -23,6 +22,7 @@ from medrecon.distributed import (
     process_device,
     quiet_non_main,
 )
+from medrecon.errors import UsageError
 
 log = logging.getLogger("medrecon.train")
 
