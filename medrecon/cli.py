@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "medrecon.evaluate.run",
         "degrade ground truth, reconstruct, report PSNR/SSIM/NMSE and figures",
     ),
+    "info": ("medrecon.info", "what a checkpoint is: task, network, training data and spacing, metrics"),
     "demo": ("medrecon.demo", "materialise the sample archive, reconstruct it with the demo model, evaluate"),
     "sample-data": ("medrecon.sample", "write the bundled sample scan as a DICOM series and a NIfTI file"),
 }

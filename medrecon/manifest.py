@@ -2,8 +2,9 @@
 
 Fields (the command-line contract): ``id``, ``format`` (dicom|nifti|h5), ``paths``, ``modality``, ``shape``,
 ``spacing``, ``split`` (train|val|test), ``status`` (ok|rejected), ``reason`` (a ``Reason`` code for rejected
-records, else null) and ``detail`` (a sentence for humans, no patient data). Unknown keys are kept in
-``extra`` and written back.
+records, else null) and ``detail`` (a sentence for humans, no patient data); optionally ``nonfinite``
+(``{"nan", "posinf", "neginf"}`` voxel counts where prepare counted them, see ``medrecon.io.finite``; null or
+absent otherwise, so older manifests read unchanged). Unknown keys are kept in ``extra`` and written back.
 
 Paths: in memory a record's ``paths`` are absolute. On disk they are written *relative to the manifest's
 folder* when every path of every record lies inside that folder (an archive with its manifest at the top can
@@ -21,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from medrecon.io.atomic import atomic_write_text
+from medrecon.io.finite import NonFinite
 
 FORMATS = ("dicom", "nifti", "h5")
 STATUSES = ("ok", "rejected")
 SPLITS = ("train", "val", "test")
-_FIELDS = ("id", "format", "paths", "modality", "shape", "spacing", "split", "status", "reason", "detail")
+_FIELDS = (
+    "id", "format", "paths", "modality", "shape", "spacing", "split", "status", "reason", "detail", "nonfinite"
+)  # fmt: skip
 
 
 class ManifestError(ValueError):
@@ -47,6 +51,8 @@ class ManifestRecord:
         status: ``ok`` or ``rejected``.
         reason: the ``Reason`` code of a rejected record, ``None`` when ok.
         detail: a human sentence (why rejected, what was dropped); never patient data.
+        nonfinite: NaN/+inf/-inf voxel counts when prepare counted them (NIfTI), else ``None``; NaN voxels
+            are read as the background value, infinities refuse the item (``medrecon.io.finite``).
         extra: keys this version does not know, kept for round trips.
     """
 
@@ -60,6 +66,7 @@ class ManifestRecord:
     status: str
     reason: str | None = None
     detail: str = ""
+    nonfinite: NonFinite | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -80,6 +87,7 @@ class ManifestRecord:
             "status": self.status,
             "reason": self.reason,
             "detail": self.detail,
+            "nonfinite": self.nonfinite.to_dict() if self.nonfinite is not None else None,
         }
         obj.update({k: v for k, v in self.extra.items() if k not in obj})
         return obj
@@ -114,6 +122,7 @@ class ManifestRecord:
             status=obj["status"],
             reason=reason if isinstance(reason, str) else None,
             detail=str(obj.get("detail") or ""),
+            nonfinite=_nonfinite(obj.get("nonfinite")),
             extra={k: v for k, v in obj.items() if k not in _FIELDS},
         )
 
@@ -164,6 +173,13 @@ def write_manifest(path: str | os.PathLike[str], records: list[ManifestRecord]) 
     lines = [json.dumps(r.to_json(base if relative else None)) for r in records]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return path
+
+
+def _nonfinite(value: Any) -> NonFinite | None:
+    try:
+        return None if value is None else NonFinite.from_dict(value)
+    except ValueError as err:
+        raise ValueError(f"'nonfinite': {err}") from err
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

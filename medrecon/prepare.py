@@ -81,6 +81,7 @@ def build_records(
             status=item.status,
             reason=item.reason,
             detail=item.detail,
+            nonfinite=item.nonfinite,
         )
         for item in items
     ]
@@ -100,6 +101,13 @@ def summary_table(records: list[ManifestRecord]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     ok = Counter(r.split for r in records if r.ok)
     lines.append("ok per split: " + ", ".join(f"{s} {ok.get(s, 0)}" for s in SPLITS))
+    with_nan = [r for r in records if r.ok and r.nonfinite is not None and r.nonfinite.nan]
+    if with_nan:
+        voxels = sum(r.nonfinite.nan for r in with_nan)  # type: ignore[union-attr]
+        lines.append(
+            f"NaN voxels: {voxels} in {len(with_nan)} ok item(s), read as each volume's background value "
+            "(docs/data-formats.md)"
+        )
     return "\n".join(lines)
 
 

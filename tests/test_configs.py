@@ -109,7 +109,7 @@ def test_train_config_defaults_and_run_dir():
         "dpmpp",
         "dc",
     )
-    assert cfg.device == "auto" and cfg.seed == 0 and cfg.resume is False
+    assert cfg.device == "auto" and cfg.seed == 0 and cfg.resume == "auto"
     assert OmegaConf.is_missing(composed("train"), "manifest")
     for key in (
         "steps",

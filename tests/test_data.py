@@ -20,7 +20,7 @@ from medrecon.data.source import VolumeCache
 from medrecon.data.transforms import crop_or_pad, patch_shape, random_flip_rot90
 from medrecon.errors import UsageError
 from medrecon.io.nifti import write_nifti
-from medrecon.manifest import ManifestRecord, write_manifest
+from medrecon.manifest import ManifestRecord, read_manifest, write_manifest
 from medrecon.physics.sr import SuperResolutionTask
 from medrecon.volume import Volume
 
@@ -265,3 +265,31 @@ def test_slice_split_end_moves_the_held_out_block_inside_the_volume():
     assert min(abs(t - h) for t in trained for h in held_out) > split.gap
     with pytest.raises(ValueError, match="end"):
         SliceSplit(end=0.0)
+
+
+def test_single_slice_volumes_train_2d_models_only(tmp_path, caplog):
+    """A (I, J, 1) volume gives one slice across axis 2; no lines across axes 0/1, nothing to a 3D model or a
+    slice split (left out with too_few_slices, the other volumes still train)."""
+    manifest = write_archive(tmp_path)  # two (24, 24, 12) volumes, train and val
+    records = read_manifest(manifest)
+    flat = tmp_path / "flat.nii.gz"
+    write_nifti(Volume(phantom((24, 24, 1), seed=5), np.diag([1.0, 1.0, 2.0, 1.0])), flat)
+    records.append(
+        ManifestRecord(id="s-" + "f" * 16, format="nifti", paths=[flat], modality="MR", shape=(24, 24, 1),
+                       spacing=(1.0, 1.0, 2.0), split="train", status="ok")
+    )  # fmt: skip
+    write_manifest(manifest, records)
+    along_k = build_training_data(data_cfg(foreground=None), manifest, (4, 4))
+    assert len(along_k.train) == SHAPE[2] + 1 and along_k.train[(SHAPE[2], 3)].shape == (1, 16, 16)
+    all_axes = build_training_data(data_cfg(axis="all", foreground=None), manifest, ())
+    assert len(all_axes.train) == sum(SHAPE) + 1  # the flat volume adds its one slice across axis 2 only
+    caplog.clear()
+    p3 = build_training_data(data_cfg(spatial_dims=3, patch_size=[16, 16, 8]), manifest, (4, 4, 1))
+    assert len(p3.train) == 1 and "too_few_slices" in caplog.text
+    split = {"axis": 2, "val": 0.25, "test": 0.25, "gap": 1}
+    sliced = build_training_data(data_cfg(slice_split=split, foreground=None), manifest, ())
+    assert {ref.region for ref in sliced.train.refs} == {0, 1}  # the two thick volumes' training slabs
+    only_flat = tmp_path / "flat.jsonl"
+    write_manifest(only_flat, records[-1:])
+    with pytest.raises(ValueError, match="enough slices"):
+        build_training_data(data_cfg(spatial_dims=3, patch_size=[16, 16, 8]), only_flat, (4, 4, 1))

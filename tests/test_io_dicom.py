@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import struct
 import warnings
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -121,6 +123,45 @@ def test_per_slice_rescale_gives_physical_values(tmp_path):
         np.testing.assert_allclose(volume.array[:, :, k], expected, rtol=1e-6)
     i, j, k = 3, 7, 2
     assert volume.array[i, j, k] == np.float32(synth.stored[k, j, i] * 2.0 + 5.5)
+
+
+def _rwv(slope, intercept, label="RWV"):
+    item = pydicom.Dataset()
+    item.RealWorldValueFirstValueMapped, item.RealWorldValueLastValueMapped = 0, 65535
+    item.RealWorldValueSlope, item.RealWorldValueIntercept = slope, intercept
+    item.LUTLabel, item.LUTExplanation = label, "test"
+    return item
+
+
+@pytest.mark.parametrize(
+    ("mappings", "rescale", "expected"),
+    [
+        ([(0.25, -3.0)], False, (0.25, -3.0)),  # an MR image without a Modality LUT: the mapping applies
+        ([(0.25, -3.0), (2.0, 0.0)], False, (1.0, 0.0)),  # two mappings (other units): stored values
+        ([(0.25, -3.0)], True, (1.5, 2.0)),  # a Modality LUT wins
+    ],
+)
+def test_mr_real_world_value_mapping_without_modality_lut(tmp_path, mappings, rescale, expected):
+    def edit(ds, k):
+        ds.RealWorldValueMappingSequence = [_rwv(*m, label=f"M{n}") for n, m in enumerate(mappings)]
+
+    slopes, intercepts = (1.5, 2.0) if rescale else (None, None)
+    synth = sd.write_series(tmp_path, modality="MR", slopes=slopes, intercepts=intercepts, edit=edit)
+    volume = read_dicom_series(only_series(scan_dicom([tmp_path])))
+    stored = np.stack([synth.stored[k].T for k in range(synth.stored.shape[0])], axis=-1)
+    np.testing.assert_allclose(volume.array, stored * expected[0] + expected[1], rtol=1e-6)
+
+
+def test_enhanced_mr_per_frame_real_world_value_mapping(tmp_path):
+    def edit(ds):
+        del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+        for item in ds.PerFrameFunctionalGroupsSequence:
+            item.RealWorldValueMappingSequence = [_rwv(0.5, 10.0)]
+
+    synth = sd.write_enhanced(tmp_path, edit=edit)
+    volume = read_dicom_series(only_series(scan_dicom([tmp_path])))
+    stored = np.stack([synth.stored[k].T for k in range(synth.stored.shape[0])], axis=-1)
+    np.testing.assert_allclose(volume.array, stored * 0.5 + 10.0, rtol=1e-6)
 
 
 def test_oblique_affine_survives_nifti_roundtrip(tmp_path):
@@ -384,11 +425,60 @@ def test_invalid_geometry(tmp_path):
     assert reason_of(scan_dicom([tmp_path])) is Reason.INVALID_GEOMETRY
 
 
-def test_too_few_slices(tmp_path):
-    sd.write_series(tmp_path, shape=(8, 10, 1))
+def _set(keyword, value, k_only=None):
+    def edit(ds, k):
+        if k_only is None or k == k_only:
+            setattr(ds, keyword, value)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "shape"),
+    [
+        (_set("PixelSpacing", ["NaN", "0.8"]), (8, 10, 3)),
+        (_set("PixelSpacing", ["0", "0.8"]), (8, 10, 3)),
+        (_set("PixelSpacing", ["1e9", "1e9"]), (8, 10, 3)),
+        (_set("PixelSpacing", ["0.8", "inf"]), (8, 10, 1)),
+        (_set("ImagePositionPatient", ["inf", "0", "0"], k_only=1), (8, 10, 3)),
+        (_set("ImageOrientationPatient", ["1", "0", "0", "0", "0", "0"]), (8, 10, 3)),  # zero vector
+        (_set("ImageOrientationPatient", ["1", "0", "0", "1", "0", "0"]), (8, 10, 3)),  # parallel
+        (_set("ImageOrientationPatient", ["NaN", "0", "0", "0", "1", "0"]), (8, 10, 3)),
+    ],
+    ids=["spacing-nan", "spacing-0", "spacing-1e9", "single-slice-inf", "position-inf", "iop-zero",
+         "iop-parallel", "iop-nan"],
+)  # fmt: skip
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")  # pydicom, writing the NaN/inf on purpose
+def test_degenerate_geometry(tmp_path, edit, shape):
+    sd.write_series(tmp_path, shape=shape, edit=edit)
     scan = scan_dicom([tmp_path])
-    assert reason_of(scan) is Reason.TOO_FEW_SLICES
-    assert only_series(scan).shape == (8, 10, 1)
+    assert reason_of(scan) is Reason.DEGENERATE_GEOMETRY, only_series(scan).reject
+    read_raises(only_series(scan), Reason.DEGENERATE_GEOMETRY)
+
+
+def test_absurd_slice_step_is_degenerate_geometry(tmp_path):
+    sd.write_series(tmp_path, shape=(8, 10, 2), offsets=[0.0, 1e9])
+    assert reason_of(scan_dicom([tmp_path])) is Reason.DEGENERATE_GEOMETRY
+
+
+@pytest.mark.parametrize("thickness", [2.5, None, 0.0])
+def test_single_slice_is_a_volume_of_one_slice(tmp_path, thickness):
+    def edit(ds, k):
+        if thickness is None:
+            del ds.SliceThickness
+        else:
+            ds.SliceThickness = thickness
+
+    synth = sd.write_series(tmp_path, shape=(8, 10, 1), iop=sd.oblique_iop(), edit=edit)
+    series = only_series(scan_dicom([tmp_path]))
+    depth = thickness if thickness else geo.SINGLE_SLICE_MM  # SliceThickness, else 1 mm
+    assert series.reject is None and series.shape == (8, 10, 1)
+    assert series.spacing == pytest.approx((0.8, 0.9, depth))
+    volume = read_dicom_series(series)
+    np.testing.assert_array_equal(volume.array, synth.expected)
+    np.testing.assert_allclose(volume.affine[:, [0, 1, 3]], synth.affine[:, [0, 1, 3]], atol=1e-9)
+    normal = np.cross(synth.iop[:3], synth.iop[3:])
+    np.testing.assert_allclose(volume.affine[:3, 2], np.array([-1.0, -1.0, 1.0]) * normal * depth, atol=1e-9)
 
 
 def test_mixed_localizer_by_image_type(tmp_path):
@@ -427,13 +517,34 @@ def test_conflicting_duplicate_at_scan(tmp_path):
     assert reason_of(scan_dicom([tmp_path])) is Reason.CONFLICTING_DUPLICATE
 
 
-def test_conflicting_duplicate_found_on_read(tmp_path):
-    # same size, no distinguishing tags: looks like a copy at scan time, the pixel hash tells otherwise
+def test_same_size_conflicting_duplicate_is_found_at_scan(tmp_path, monkeypatch):
+    # same size, no distinguishing tags: the headers look like a copy, the pixels tell otherwise. The scan
+    # compares the pixel bytes of those files (and only those), so prepare gives the verdict a read would.
     first = sd.write_series(tmp_path / "a", seed=1, edit=uid_of_length(1))
     sd.write_series(tmp_path / "b", seed=2, edit=uid_of_length(2), **same_series(first))
-    series = only_series(scan_dicom([tmp_path]))
-    assert series.reject is None and len(series.dropped_duplicates) == 5
-    read_raises(series, Reason.CONFLICTING_DUPLICATE)
+    sd.write_series(tmp_path / "c", seed=3)  # another series, no duplicates: headers only
+    with_pixels = []
+    real_dcmread = pydicom.dcmread
+
+    def spy(fp, *args, **kwargs):
+        if not kwargs.get("stop_before_pixels", False):
+            with_pixels.append(Path(getattr(fp, "name", fp)).parent.name)
+        return real_dcmread(fp, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", spy)
+    series = scan_dicom([tmp_path]).series
+    by_folder = {s.paths[0].parent.name: s for s in series}
+    assert by_folder["c"].reject is None
+    assert by_folder["a"].reject.reason is Reason.CONFLICTING_DUPLICATE
+    assert with_pixels and set(with_pixels) <= {"a", "b"}
+    # a copy that changes after the scan is still caught when the pixels are read
+    monkeypatch.undo()
+    copies = sd.write_series(tmp_path / "d", seed=4, edit=uid_of_length(3))
+    sd.write_series(tmp_path / "e", seed=4, edit=uid_of_length(4), **same_series(copies))
+    scanned = only_series(scan_dicom([tmp_path / "d", tmp_path / "e"]))
+    assert scanned.reject is None and len(scanned.dropped_duplicates) == 5
+    sd.write_series(tmp_path / "e", seed=5, edit=uid_of_length(4), **same_series(copies))
+    read_raises(scanned, Reason.CONFLICTING_DUPLICATE)
 
 
 def test_enhanced_frames_at_one_position_conflict(tmp_path):
@@ -617,10 +728,10 @@ def test_read_dicom_dir(tmp_path):
     sd.write_series(tmp_path / "two" / "b")
     with pytest.raises(ValueError, match="2 readable"):
         read_dicom_dir(tmp_path / "two")
-    sd.write_series(tmp_path / "bad", shape=(8, 10, 1))
+    sd.write_series(tmp_path / "bad", offsets=[0.0, 2.0, 4.0, 8.0, 10.0])
     with pytest.raises(RejectedInput) as info:
         read_dicom_dir(tmp_path / "bad")
-    assert info.value.reason is Reason.TOO_FEW_SLICES
+    assert info.value.reason is Reason.MISSING_SLICE
     with pytest.raises(ValueError, match="folder"):
         read_dicom_dir(synth.paths[0])
 
@@ -649,3 +760,69 @@ def test_position_groups_orders_along_normal_and_gathers_duplicates():
     normal = np.array([0.0, 0.0, 1.0])
     positions = np.array([[0, 0, 4.0], [0, 0, 0.0], [0, 0, 2.0], [0, 0, 2.004], [0, 0, 6.0]])
     assert geo.position_groups(positions, normal) == [[1], [2, 3], [0], [4]]
+
+
+# ------------------------------------------------------------------------ malformed headers (found by fuzzing)
+
+
+def _edit_all(synth: sd.SynthSeries, change) -> None:
+    import fuzz_dicom as fz
+
+    for path in synth.paths:
+        fz.edit_file(path, change)
+
+
+def _raw_value(keyword: str, value: bytes):
+    import fuzz_dicom as fz
+
+    return lambda ds: fz.set_raw(ds, keyword, value)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "detail"),
+    [
+        (_raw_value("RescaleIntercept", b"abc"), Reason.UNREADABLE, "RescaleIntercept is not a finite number"),
+        (_raw_value("RescaleSlope", b"nan"), Reason.UNREADABLE, "RescaleSlope is not a finite number"),
+        (lambda ds: setattr(ds, "BitsStored", 17), Reason.UNSUPPORTED, "BitsStored 17 does not fit"),
+        (lambda ds: setattr(ds, "PixelRepresentation", 2), Reason.UNSUPPORTED, "PixelRepresentation 2"),
+        (lambda ds: setattr(ds, "SamplesPerPixel", 0), Reason.UNREADABLE, "SamplesPerPixel 0"),
+        (lambda ds: setattr(ds, "PhotometricInterpretation", "MONOCHROME7"), Reason.UNSUPPORTED, "MONOCHROME7"),
+        (lambda ds: delattr(ds, "BitsStored"), Reason.UNREADABLE, "lacks BitsStored"),
+        (lambda ds: (delattr(ds, "Rows"), ds.add_new(0x00280010, "DS", "10")), Reason.UNREADABLE,
+         "Rows is not a single integer"),
+        (lambda ds: setattr(ds, "PixelData", ds.PixelData * 2), Reason.DECODE_ERROR, "2 frames' worth"),
+    ],
+    ids=["text-intercept", "nan-slope", "bits-stored", "representation", "samples", "photometric",
+         "no-bits-stored", "rows-as-ds", "excess-frame"],
+)  # fmt: skip
+def test_a_malformed_pixel_description_or_rescale_is_refused_at_scan_time(tmp_path, change, reason, detail):
+    synth = sd.write_series(tmp_path, modality="CT")
+    _edit_all(synth, change)
+    series = only_series(scan_dicom([tmp_path]))
+    assert series.reject is not None and series.reject.reason is reason
+    assert detail in series.reject.detail  # a clear sentence, not a decoder's exception type
+    read_raises(series, reason)
+
+
+def test_one_image_with_an_invalid_orientation_is_not_called_a_localizer(tmp_path):
+    import fuzz_dicom as fz
+
+    synth = sd.write_series(tmp_path, shape=(8, 10, 5))
+    fz.edit_file(synth.paths[-1], lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0.5, 0.5, 0]))
+    scan = scan_dicom([tmp_path])
+    reasons = sorted(str(s.reject.reason.value) if s.reject else "ok" for s in scan.series)
+    assert reasons == ["invalid_geometry", "ok"]  # the other four slices stay a series
+
+
+def test_a_cut_deflated_file_and_failing_decoders_log_nothing(tmp_path, caplog):
+    synth = sd.write_series(tmp_path / "deflated", transfer_syntax=DeflatedExplicitVRLittleEndian)
+    sd.truncate(synth.paths[2], 100)
+    scan = scan_dicom([tmp_path / "deflated"])
+    assert [(reject.reason, reject.detail) for _, reject in scan.file_rejects] == [
+        (Reason.UNREADABLE, "the deflated data set cannot be inflated (cut short or damaged)")
+    ]
+    junk = sd.write_series(tmp_path / "junk")
+    sd.junk_frames(junk.paths[1], RLELossless)
+    with caplog.at_level(logging.DEBUG, logger="pydicom"):
+        read_raises(only_series(scan_dicom([tmp_path / "junk"])), Reason.DECODE_ERROR)
+    assert not [r for r in caplog.records if r.name.startswith("pydicom")]  # no tracebacks per plugin

@@ -103,14 +103,14 @@ def test_no_coded_orientation_is_missing_geometry(tmp_path):
     [np.diag([1.0, 1.0, 0.0, 1.0]), np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])],
     ids=["zero-voxel", "collinear"],
 )
-def test_singular_affine_is_invalid_geometry(tmp_path, affine):
+def test_singular_affine_is_degenerate_geometry(tmp_path, affine):
     img = _img()
     img.set_sform(affine, code=2)
     nib.save(img, str(tmp_path / "s.nii"))
-    assert _reason(tmp_path / "s.nii") == Reason.INVALID_GEOMETRY
+    assert _reason(tmp_path / "s.nii") == Reason.DEGENERATE_GEOMETRY
 
 
-def test_nan_affine_is_invalid_geometry(tmp_path):
+def test_nan_affine_is_degenerate_geometry(tmp_path):
     path = tmp_path / "nan.nii"
     _save(_img(), path, sform_code=2)
     raw = bytearray(path.read_bytes())
@@ -118,7 +118,66 @@ def test_nan_affine_is_invalid_geometry(tmp_path):
     header["srow_x"] = [np.nan, 0.0, 0.0, 0.0]
     raw[:348] = header.binaryblock
     path.write_bytes(bytes(raw))
-    assert _reason(path) == Reason.INVALID_GEOMETRY
+    assert _reason(path) == Reason.DEGENERATE_GEOMETRY
+
+
+@pytest.mark.parametrize("size", [1e9, 1e-5])
+def test_implausible_voxel_size_is_degenerate_geometry(tmp_path, size):
+    _save(_img(affine=np.diag([1.0, size, 1.0, 1.0])), tmp_path / "big.nii", sform_code=1)
+    assert _reason(tmp_path / "big.nii") == Reason.DEGENERATE_GEOMETRY
+    with pytest.raises(RejectedInput) as info:
+        inspect_nifti(tmp_path / "big.nii")  # at header-scan time too (prepare)
+    assert info.value.reason == Reason.DEGENERATE_GEOMETRY and "plausible" in info.value.detail
+
+
+def _edit_header(path, **fields):
+    """Rewrite header fields in the file as stored (nibabel would re-derive or "fix" them on save)."""
+    raw = bytearray(path.read_bytes())
+    header = nib.Nifti1Header.from_fileobj(open(path, "rb"), check=False)
+    for name, (index, value) in fields.items():
+        header[name][index] = value
+    raw[:348] = header.binaryblock
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("value", [0.0, -2.0, np.nan])
+def test_qform_with_bad_pixdim_is_degenerate_geometry(tmp_path, value):
+    # nibabel itself would read pixdim 0 as 1 mm and -2 as 2 mm: medrecon refuses instead of guessing
+    path = _two_xforms(tmp_path / "q.nii", np.eye(4), np.diag([2.0, 3.0, 4.0, 1.0]), 0, 1)
+    assert read_nifti(path).spacing == pytest.approx((2.0, 3.0, 4.0))
+    _edit_header(path, pixdim=(1, value))
+    assert _reason(path) == Reason.DEGENERATE_GEOMETRY
+
+
+def _two_xforms(path, sform, qform, sform_code, qform_code, shape=(6, 5, 4)):
+    img = _img(shape=shape)
+    img.set_sform(sform, code=sform_code)
+    img.set_qform(qform, code=qform_code)
+    nib.save(img, str(path))
+    return _edit_header(path, sform_code=((), sform_code), qform_code=((), qform_code))
+
+
+def test_sform_and_qform_of_one_space_that_disagree_are_degenerate(tmp_path):
+    shifted = np.diag([1.0, 1.0, 1.0, 1.0])
+    shifted[0, 3] = 5.0  # the qform puts the volume 5 mm away
+    path = _two_xforms(tmp_path / "c.nii", np.eye(4), shifted, 1, 1)
+    assert _reason(path) == Reason.DEGENERATE_GEOMETRY
+    # a pixdim of 0 under an sform: the qform (built from pixdim) now contradicts the sform of its space
+    path = _edit_header(_two_xforms(tmp_path / "p.nii", np.eye(4), np.eye(4), 1, 1), pixdim=(3, 0.0))
+    assert _reason(path) == Reason.DEGENERATE_GEOMETRY
+
+
+def test_sform_rule_decides_when_the_spaces_differ_or_only_a_shear_differs(tmp_path):
+    shifted = np.eye(4)
+    shifted[0, 3] = 5.0
+    # a template sform beside a scanner qform: two spaces, the sform wins as before
+    volume = read_nifti(_two_xforms(tmp_path / "t.nii", np.eye(4), shifted, 4, 1))
+    np.testing.assert_allclose(volume.affine, np.eye(4))
+    # a sheared sform with the qform nibabel derives from it (same code): the shear is no contradiction
+    sheared = np.array([[1.0, 0.4, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0, 0, 0, 1.0]])
+    volume = read_nifti(_two_xforms(tmp_path / "s.nii", sheared, sheared, 1, 1))
+    np.testing.assert_allclose(volume.affine, sheared, atol=1e-6)
 
 
 def test_scaling_is_applied(tmp_path):
@@ -163,11 +222,20 @@ def test_4d_rejected_unless_singleton(tmp_path):
     assert volume.shape == (4, 4, 3)
 
 
-def test_2d_rejected(tmp_path):
-    nib.save(nib.Nifti1Image(np.zeros((5, 5), np.float32), np.eye(4)), str(tmp_path / "flat.nii"))
-    assert _reason(tmp_path / "flat.nii") == Reason.TOO_FEW_SLICES
-    nib.save(nib.Nifti1Image(np.zeros((5, 5, 1), np.float32), np.eye(4)), str(tmp_path / "one.nii"))
-    assert _reason(tmp_path / "one.nii") == Reason.TOO_FEW_SLICES
+def test_single_2d_image_is_a_volume_of_one_slice(tmp_path):
+    data = np.arange(30, dtype=np.float32).reshape(5, 6)
+    affine = np.diag([0.5, 0.7, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "flat.nii"))
+    nib.save(nib.Nifti1Image(data[..., None], affine), str(tmp_path / "one.nii.gz"))
+    for name in ("flat.nii", "one.nii.gz"):
+        assert inspect_nifti(tmp_path / name).shape == (5, 6, 1)
+        volume = read_nifti(tmp_path / name)
+        assert volume.shape == (5, 6, 1)
+        np.testing.assert_array_equal(volume.array[..., 0], data)
+        np.testing.assert_allclose(volume.affine, affine)
+    # a line (one voxel along an in-plane axis) is not an image
+    nib.save(nib.Nifti1Image(np.zeros((1, 5, 4), np.float32), np.eye(4)), str(tmp_path / "line.nii"))
+    assert _reason(tmp_path / "line.nii") == Reason.TOO_FEW_SLICES
 
 
 def test_write_rejects_bad_name_and_affine(tmp_path):

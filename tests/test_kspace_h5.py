@@ -148,3 +148,27 @@ def test_inspect_does_not_read_the_array(tmp_path, monkeypatch):
     assert reads == ["/ismrmrd_header"]  # only the small XML header, never kspace or the target
     read_kspace_h5(path)
     assert "/kspace" in reads
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("<x>32.0</x>", "<x>0</x>"), ("<y>12</y>", "<y>0</y>"), ("<z>3.0</z>", "<z>NaN</z>"),
+     ("<x>16.0</x>", "<x>1e12</x>"), ("<y>18.0</y>", "<y>wide</y>")],
+    ids=["fov-0", "matrix-0", "nan", "absurd", "not-a-number"],
+)  # fmt: skip
+def test_degenerate_header_spacing_is_refused_at_inspection(tmp_path, old, new):
+    """A header that gives a voxel size gives a plausible one; one that gives none means 1 mm (nominal)."""
+    path = _write(tmp_path / "d.h5", _kspace((1, 8, 8)))
+    with h5py.File(path, "a") as f:
+        del f["ismrmrd_header"]
+        f.create_dataset("ismrmrd_header", data=HEADER.replace(old, new, 1).encode())
+    for read in (inspect_kspace_h5, kspace_volume):
+        with pytest.raises(RejectedInput) as info:
+            read(path)
+        assert info.value.reason == Reason.DEGENERATE_GEOMETRY
+
+
+def test_single_slice_file_is_a_volume_of_one_slice(tmp_path):
+    path = _write(tmp_path / "one.h5", _kspace((1, 16, 12)))
+    assert inspect_kspace_h5(path).volume_shape == (12, 16, 1)
+    assert kspace_volume(path).shape == (12, 16, 1)

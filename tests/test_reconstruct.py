@@ -176,7 +176,8 @@ def test_derived_dicom_series(baseline_run, archive):
         ras = volume.affine @ np.array([0.0, 0.0, k, 1.0])
         lps = np.array([-ras[0], -ras[1], ras[2]])
         assert np.max(np.abs(np.array([float(v) for v in ds.ImagePositionPatient]) - lps)) < 1e-3
-        assert "Doe" not in str(ds.PatientName) and "12345678" not in str(ds.PatientID)
+        # dicom_identity=source (default): a PACS files the series under the source's patient
+        assert (str(ds.PatientName), ds.PatientID) == ("Doe^Jane", "12345678")
     assert len({ds.SOPInstanceUID for ds in datasets}) == len(datasets)
     scan = scan_dicom(files)
     back = read_dicom_series(scan.series[0])
@@ -192,8 +193,25 @@ def test_no_patient_identifiers_in_names_logs_or_records(baseline_run):
         if path.is_file() and path.suffix in (".log", ".jsonl", ".yaml", ".json"):
             text = path.read_text()
             assert not any(word in text for word in PHI), path.name
-        if path.is_file() and path.suffix == ".dcm":
-            assert b"Doe^Jane" not in path.read_bytes() and b"12345678" not in path.read_bytes()
+
+
+def test_dicom_identity_empty_is_a_research_export(archive, tmp_path):
+    root, series = archive
+    common = [f"input={series.folder}", "method=input", "task=sr2x"]
+    assert reconstruct(*common, f"out={tmp_path / 'out'}", "dicom_identity=empty") == 0
+    (rec,) = records(tmp_path / "out").values()
+    files = sorted((tmp_path / "out" / "dicom" / rec.id).glob("*.dcm"))
+    assert len(files) == 4
+    for path in files:
+        assert not any(word.encode() in path.read_bytes() for word in PHI)
+        ds = pydicom.dcmread(path)
+        assert (ds.PatientName, ds.PatientID, ds.AccessionNumber) == ("", "", "")
+        assert ds.PatientIdentityRemoved == "YES" and ds.StudyInstanceUID != series.study_uid
+        assert ds.FrameOfReferenceUID != series.frame_of_reference_uid
+        assert "SourceImageSequence" not in ds and "ReferencedSeriesSequence" not in ds
+    assert reconstruct(*common, f"out={tmp_path / 'default'}") == 0
+    assert records(tmp_path / "default")[rec.id].settings != rec.settings  # part of the resume key
+    assert reconstruct(*common, f"out={tmp_path / 'bad'}", "dicom_identity=anon") == 2
 
 
 def test_kill_and_resume(archive, tmp_path, monkeypatch):
@@ -426,3 +444,18 @@ def test_cuda_compiled_network_matches_eager(archive, tmp_path):
         (rec,) = records(out).values()
         results.append(read_nifti(out / rec.outputs[0]).array)
     assert np.abs(results[1] - results[0]).mean() < 0.01 * np.ptp(results[0])
+
+
+def test_a_source_header_unreadable_at_write_time_fails_the_item_and_leaves_no_output(tmp_path):
+    """A damaged element the reader never needs (here PatientName's VR) surfaces when the derived DICOM copies
+    the patient attributes: the item fails as ``unreadable`` and its NIfTI, written first, is removed."""
+    series = sd.write_series(tmp_path / "in" / "series", shape=(16, 12, 4))
+    for path in series.paths:  # explicit VR little endian: (0010,0010) "PN" -> an unknown VR "Pn"
+        data = path.read_bytes()
+        path.write_bytes(data.replace(b"\x10\x00\x10\x00PN", b"\x10\x00\x10\x00Pn", 1))
+    out = tmp_path / "out"
+    assert reconstruct(f"input={tmp_path / 'in'}", f"out={out}", "method=input", "task=sr2x") == 3
+    (rec,) = records(out).values()
+    assert (rec.status, rec.reason, rec.outputs) == ("failed", "unreadable", [])
+    assert "cannot be read again" in rec.detail
+    assert not list(out.glob("*.nii.gz")) and not list((out / "dicom").glob("*"))

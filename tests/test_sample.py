@@ -63,7 +63,8 @@ def test_demo_archive(demo):
     assert demo.dicom_dir == demo.root / "dicom" / "mni_t1"
     ds = pydicom.dcmread(demo.dicom_files[0])
     assert (str(ds.PatientName), ds.PatientID, ds.Modality) == ("Anonymous^Demo", "DEMO", "MR")
-    assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY"]
+    assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY", "OTHER"]
+    assert "RescaleSlope" not in ds and len(ds.RealWorldValueMappingSequence) == 1  # MR: no Modality LUT
 
 
 def test_demo_manifest_is_what_prepare_writes(demo, capsys):

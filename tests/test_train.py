@@ -113,12 +113,69 @@ def test_resume_continues_exactly(manifest, tmp_path):
     assert train(manifest, tmp_path / "split", *common, "train.stop_at=2") == 0
     assert load_state(tmp_path / "split" / "state_00000002.pt")["step"] == 2
     assert not (tmp_path / "split" / "ckpt_00000004.safetensors").exists()
-    assert train(manifest, tmp_path / "split", *common) == 2  # refuses to overwrite a run without resume=true
+    assert train(manifest, tmp_path / "split", *common, "resume=false") == 2  # never overwrites a run
     assert train(manifest, tmp_path / "split", *common, "resume=true") == 0
     a = load_file(tmp_path / "straight" / "last.safetensors")
     b = load_file(tmp_path / "split" / "last.safetensors")
     assert a.keys() == b.keys() and len(a) > 0
     assert all(torch.equal(a[k], b[k]) for k in a)  # raw and EMA weights, bit for bit
+
+
+class Killed(Exception):
+    """Stands in for SLURM ending a job mid-step."""
+
+
+def test_requeued_run_resumes_by_itself_and_refuses_another_config(manifest, tmp_path, monkeypatch):
+    common = ("train.steps=4", "train.ckpt_every=2", "train.val_every=0", "train.accum=2", "train.lr=1e-3")
+    assert train(manifest, tmp_path / "straight", *common) == 0
+    real, calls = loop.batch_loss, {"n": 0}
+
+    def killed_in_step_3(*args):  # accum=2: calls 1-4 are steps 1-2 (checkpoint at 2), call 5 is step 3
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Killed("job ended by the scheduler")
+        return real(*args)
+
+    run = tmp_path / "requeued"
+    monkeypatch.setattr(loop, "batch_loss", killed_in_step_3)
+    assert train(manifest, run, *common) == 1  # an unexpected error
+    monkeypatch.setattr(loop, "batch_loss", real)
+    assert sorted(p.name for p in run.glob("*.safetensors")) == [
+        "ckpt_00000002.safetensors",
+        "last.safetensors",
+    ]
+    saved = (run / "last.safetensors").read_bytes()
+    # the same command line again (no resume=) into a folder of another configuration: refused, untouched
+    assert train(manifest, run, *common, "train.lr=2e-3", "seed=1", "train.keep_last=5") == 2
+    refusal = [
+        line for line in (run / "train.log").read_text().splitlines() if "another configuration" in line
+    ]
+    assert len(refusal) == 1 and "differs in seed, train.lr)" in refusal[0]  # keep_last may change
+    assert (run / "last.safetensors").read_bytes() == saved
+    assert train(manifest, run, *common, "resume=maybe") == 2
+    # the identical command line: continues from step 2 and ends where the uninterrupted run ends
+    assert train(manifest, run, *common, "train.progress=true") == 0
+    assert "resumed from ckpt_00000002.safetensors at step 2" in (run / "train.log").read_text()
+    a = load_file(tmp_path / "straight" / "last.safetensors")
+    b = load_file(run / "last.safetensors")
+    assert a.keys() == b.keys() and len(a) > 0
+    assert all(torch.equal(a[k], b[k]) for k in a)  # raw and EMA weights, bit for bit
+
+
+def test_resume_modes_and_what_counts_as_the_same_configuration():
+    from medrecon.errors import UsageError
+    from medrecon.train.resume import config_differences, resume_mode
+
+    modes = [resume_mode(v) for v in (True, False, "auto", "TRUE", " false")]
+    assert modes == ["true", "false", "auto", "true", "false"]
+    for bad in ("maybe", 1, None, ""):
+        with pytest.raises(UsageError, match="not one of auto, true, false"):
+            resume_mode(bad)
+    stored = {"seed": 0, "device": "cuda:0", "train": {"steps": 10, "stop_at": 4, "lr": 1e-3}, "data": {}}
+    requeued = {"seed": 0, "device": "cuda:3", "train": {"steps": 10, "lr": 1e-3}, "data": {"num_workers": 4}}
+    assert config_differences(stored, requeued) == []
+    other = {**requeued, "train": {"steps": 20, "lr": 1e-3}, "model": {"channels": [8]}}
+    assert config_differences(stored, other) == ["model.channels", "train.steps"]
 
 
 def test_dataloader_workers_do_not_change_what_is_trained(manifest, tmp_path):

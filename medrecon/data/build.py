@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from medrecon.card import DataSummary, summarize_data
 from medrecon.data.datasets import (
     Augment,
     Foreground,
@@ -21,7 +22,7 @@ from medrecon.data.datasets import (
     slice_index,
 )
 from medrecon.data.encoder import Encoder, build_encoder
-from medrecon.data.regions import build_slice_split, split_regions
+from medrecon.data.regions import SliceSplit, build_slice_split, split_regions, unit_problem
 from medrecon.data.source import VolumeCache, load_array, read_records, select_records
 from medrecon.data.transforms import patch_shape
 
@@ -43,6 +44,8 @@ class TrainingData:
         modality: the training records' modality (``MR``, ``CT``, ...).
         spatial_dims, context, patch: sample geometry.
         num_volumes: training volumes.
+        summary: counts, modalities, shape and spacing ranges of the training data (stored in checkpoints'
+            ``card``; no ids or paths).
     """
 
     train: Dataset
@@ -55,6 +58,7 @@ class TrainingData:
     context: int
     patch: tuple[int, ...]
     num_volumes: int
+    summary: DataSummary | None = None
 
 
 def _shape(record: Any) -> tuple[int, int, int]:
@@ -72,6 +76,42 @@ def _modality(records: Sequence[Any]) -> str:
             "training records mix modalities %s; the encoder is chosen for %s", dict(counts), modality
         )
     return modality
+
+
+def _thick_enough(
+    records: list[Any],
+    spatial_dims: int,
+    axes: tuple[int, ...],
+    slice_split: SliceSplit | None,
+    role: str,
+) -> list[Any]:
+    """The records that give units; the others are left out with a warning (``too_few_slices``).
+
+    A single slice ``(I, J, 1)`` trains a 2D model across axis 2, but gives nothing to a 3D model, to slices
+    across axis 0 or 1 (``medrecon.data.regions.unit_problem``) or to a slice split (no slabs to hold out).
+
+    Raises:
+        ValueError: no training record is left (validation may end up empty).
+    """
+    kept, problems = [], []
+    for record in records:
+        shape = _shape(record)
+        found = [unit_problem(shape, spatial_dims, a) for a in axes]
+        problem = None if any(p is None for p in found) else found[0]
+        if problem is None and slice_split is not None:
+            try:
+                slice_split.bounds(int(shape[slice_split.axis]))
+            except ValueError as err:
+                problem = str(err)
+        if problem is None:
+            kept.append(record)
+        else:
+            problems.append(problem)
+    if problems:
+        log.warning("%d %s record(s) left out (too_few_slices), e.g. %s", len(problems), role, problems[0])
+        if not kept and role == "training":
+            raise ValueError(f"no training record has enough slices: {problems[0]}")
+    return kept
 
 
 def build_training_data(data_cfg: Any, manifest: str | Path, scale: Sequence[int] = ()) -> TrainingData:
@@ -107,12 +147,17 @@ def build_training_data(data_cfg: Any, manifest: str | Path, scale: Sequence[int
     records = read_records(manifest)
     if slice_split is None:
         train_records = select_records(records, data_cfg.get("train_split", "train"), manifest=manifest)
+        train_records = _thick_enough(train_records, spatial_dims, AXES[axis_key], None, "training")
         val_name = data_cfg.get("val_split", "val")
         val_records = [r for r in records if r.status == "ok" and r.split == val_name] if val_name else []
+        val_records = _thick_enough(val_records, spatial_dims, AXES[axis_key], None, "validation")
         train_regions = split_regions([_shape(r) for r in train_records], "train", None)
         val_regions = split_regions([_shape(r) for r in val_records], "val", None)
     else:  # slabs of every ok record
-        train_records = val_records = select_records(records, None, manifest=manifest)
+        train_records = select_records(records, None, manifest=manifest)
+        train_records = val_records = _thick_enough(
+            train_records, spatial_dims, AXES[axis_key], slice_split, "training"
+        )
         shapes = [_shape(r) for r in train_records]
         train_regions = split_regions(shapes, "train", slice_split)
         val_regions = split_regions(shapes, "val", slice_split)
@@ -165,4 +210,5 @@ def build_training_data(data_cfg: Any, manifest: str | Path, scale: Sequence[int
         context=context,
         patch=patch,
         num_volumes=len(train_records),
+        summary=summarize_data(train_records, items=len(train), val_items=len(val_keys), patch=patch),
     )

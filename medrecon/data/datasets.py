@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medrecon.data.regions import Region
+from medrecon.data.regions import Region, unit_problem
 from medrecon.data.source import VolumeCache
 from medrecon.data.transforms import crop_or_pad, random_flip_rot90
 
@@ -106,6 +106,10 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.refs)
 
+    def record_id(self, i: int) -> str:
+        """The id of the manifest record sample ``i`` comes from (for messages about the data)."""
+        return str(getattr(self.cache.records[self.regions[self.refs[i].region].volume], "id", "?"))
+
     def __getitem__(self, key: Key) -> torch.Tensor:
         i, rng = _split_key(key)
         ref = self.refs[i]
@@ -140,6 +144,10 @@ class PatchDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.regions)
+
+    def record_id(self, i: int) -> str:
+        """The id of the manifest record sample ``i`` comes from (for messages about the data)."""
+        return str(getattr(self.cache.records[self.regions[i].volume], "id", "?"))
 
     def _position(self, view: np.ndarray, rng: np.random.Generator) -> tuple[slice, ...]:
         best, best_fg = None, -1.0
@@ -178,7 +186,8 @@ def slice_index(
 
     With ``foreground`` each volume is read once (through the cache) to measure the foreground fraction of
     every slice; slices below ``min_fraction`` are dropped and the weights are the fractions (``None`` =
-    uniform when ``weighting`` is off). Without it no volume is read: the region shapes suffice.
+    uniform when ``weighting`` is off). Without it no volume is read: the region shapes suffice. An axis
+    across which a region's slices would be lines (a single-slice volume across axis 0 or 1) gives none.
 
     Raises:
         ValueError: no slice is left.
@@ -186,12 +195,13 @@ def slice_index(
     refs: list[SliceRef] = []
     weights: list[float] = []
     for r, region in enumerate(regions):
+        usable = [a for a in axes if unit_problem(region.shape, 2, a) is None]  # no lines from one slice
         if foreground is None:
-            for axis in axes:
+            for axis in usable:
                 refs += [SliceRef(r, axis, s) for s in range(region.shape[axis])]
             continue
         view = region.view(cache.get(region.volume))
-        for axis in axes:
+        for axis in usable:
             other = tuple(a for a in range(3) if a != axis)
             fractions = np.asarray(foreground.fraction(view, other))
             for s in np.flatnonzero(fractions >= max(foreground.min_fraction, 1e-12)):

@@ -23,10 +23,22 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from medrecon.schema import Bool, Choice, Float, check_mapping
+
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 KINDS: tuple[str, ...] = ("percentile", "window")
 FITS: tuple[str, ...] = ("per_volume", "global")
+_SCANNER_VALUE = Float(-1e12, 1e12, optional=True)
+_SCHEMA = {
+    "kind": Choice(KINDS),
+    "fit": Choice(FITS),
+    "low": _SCANNER_VALUE,
+    "high": _SCANNER_VALUE,
+    "low_pct": Float(0.0, 100.0),
+    "high_pct": Float(0.0, 100.0),
+    "clip": Bool(),
+}
 
 
 @dataclass(frozen=True)
@@ -138,9 +150,14 @@ class Encoder:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Encoder:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
+    def from_dict(cls, data: Any) -> Encoder:
+        """The encoder :meth:`to_dict` wrote (e.g. read from a checkpoint), checked key by key.
+
+        Raises:
+            ValueError: a missing or unknown key, or a value of the wrong type or range
+                (``medrecon.schema.SchemaError``), or values the constructor refuses together.
+        """
+        return cls(**check_mapping(data, _SCHEMA, "encoder", tuple(_SCHEMA)))
 
 
 def build_encoder(cfg: Any, modality: str | None) -> Encoder:

@@ -97,6 +97,28 @@ class SliceSplit:
         return ranges
 
 
+MIN_UNIT_VOXELS = 2  # a unit (2D slice or 3D patch) needs at least two voxels along each of its axes
+
+
+def unit_problem(shape: tuple[int, ...], spatial_dims: int, axis: int = 2) -> str | None:
+    """Why a volume of ``shape`` ``(I, J, K)`` gives no usable units, or ``None`` when it does.
+
+    A 2D model's unit is a slice across ``axis``: its two in-plane axes need ``MIN_UNIT_VOXELS`` voxels (a
+    single 2D image ``(I, J, 1)`` is fine across axis 2; across axis 0 or 1 it would give lines). A 3D model's
+    unit is the volume: every axis needs them, so a single slice is too few slices for a 3D model.
+    """
+    if spatial_dims == 3:
+        thin = [a for a in range(3) if shape[a] < MIN_UNIT_VOXELS]
+        what = "a 3D model convolves across all three axes"
+    else:
+        thin = [a for a in range(3) if a != axis and shape[a] < MIN_UNIT_VOXELS]
+        what = f"its 2D slices across axis {axis} would be a voxel thin"
+    if not thin:
+        return None
+    shown = tuple(int(s) for s in shape)
+    return f"shape {shown} has {int(shape[thin[0]])} voxel(s) along axis {thin[0]}: {what}"
+
+
 def split_regions(
     shapes: list[tuple[int, int, int]], split: str, slice_split: SliceSplit | None
 ) -> list[Region]:

@@ -68,6 +68,11 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         state = np.random.SeedSequence([self.seed, self.rank, position]).generate_state(2, dtype=np.uint32)
         return int(state[0]) << 31 | int(state[1] >> 1)
 
+    def item_at(self, position: int) -> int:
+        """The item of this rank's ``position``-th key (what ``__iter__`` yields there)."""
+        epoch, offset = divmod(int(position), self.per_rank)
+        return int(self.epoch_items(epoch)[offset])
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         position = self.start
         while True:

@@ -2,10 +2,14 @@
 
 Volumes are loaded lazily (``medrecon.io.archive.load_item``) the first time a sample needs them and kept in a
 least-recently-used cache of ``capacity`` encoded volumes per process (each DataLoader worker has its own).
+
+Non-finite voxels: ``load_item`` applies ``medrecon.io.finite`` (NaN -> the volume's background value, +/-inf
+refused), and the cache checks every encoded volume once more, so no non-finite value reaches a sample.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from medrecon.data.encoder import Encoder
+
+log = logging.getLogger(__name__)
 
 
 def _usage_error(message: str) -> Exception:
@@ -78,6 +84,14 @@ def load_array(record: Any) -> np.ndarray:
         raise ValueError(
             f"record {getattr(record, 'id', '?')}: training needs 3D volumes, got shape {array.shape}"
         )
+    nan = int(volume.meta.get("nonfinite", {}).get("nan", 0))
+    if nan:
+        log.info(
+            "record %s: %d NaN voxel(s) read as the background value %g",
+            getattr(record, "id", "?"),
+            nan,
+            volume.meta["nan_fill"],
+        )
     return array
 
 
@@ -107,7 +121,13 @@ class VolumeCache:
             self._cache.move_to_end(index)
             return self._cache[index]
         raw = load_array(self.records[index])
-        encoded = self.encoder.for_volume(raw).encode(raw)
+        encoder = self.encoder.for_volume(raw)
+        encoded = encoder.encode(raw)
+        if not np.isfinite(encoded).all():  # load_item's policy makes raw finite: only the encoder is left
+            raise ValueError(
+                f"record {getattr(self.records[index], 'id', '?')}: encoding gave non-finite values (encoder "
+                f"low {encoder.low}, high {encoder.high}); check data.encoder"
+            )
         self.loads += 1
         self._cache[index] = encoded
         while len(self._cache) > self.capacity:

@@ -19,6 +19,13 @@ Foreground variant (suffix ``_fg``): ``mask = gt > lo + fraction * (max - lo)`` 
 ``dilation`` voxels (default 2) within each slice, so edges of the anatomy count. On the mask: PSNR from the
 masked MSE with the same ``data_range``, NMSE over masked voxels, SSIM as the mean of scikit-image's full
 SSIM map over masked pixels (the map is computed on whole slices, then pooled over the mask).
+
+Missing ground truth (``valid``): voxels whose source value was NaN (``medrecon.io.finite``) have no ground
+truth; they are left out of every metric. The volume's metrics are then the masked ones over the valid
+voxels (``data_range`` from the valid voxels, SSIM pooled over them), and the foreground mask is restricted
+to them too. Where an SSIM window reaches past the valid voxels the reconstruction is taken to equal the
+ground truth there, so nothing outside the valid voxels changes a score. Volumes without missing voxels are
+scored exactly as above.
 """
 
 from __future__ import annotations
@@ -162,21 +169,42 @@ def volume_metrics(
     slice_axis: int = 0,
     fg_fraction: float = 0.05,
     fg_dilation: int = 2,
+    valid: np.ndarray | None = None,
 ) -> VolumeMetrics:
     """All metrics of one volume: whole-volume PSNR/SSIM/NMSE and their foreground-masked variants.
 
     Args:
-        gt, pred: volumes of the same 3D shape in intensity units, 2D slices along ``slice_axis``.
+        gt, pred: volumes of the same 3D shape in intensity units, 2D slices along ``slice_axis``; finite
+            (missing ground truth filled in, e.g. with the background value, and marked in ``valid``).
         fg_fraction, fg_dilation: foreground mask parameters (see :func:`foreground_mask`).
+        valid: boolean mask of the voxels that have a ground truth, or ``None`` for all (see the module
+            docstring).
+
+    Raises:
+        ValueError: shapes differ, no valid voxel, or no positive data range.
     """
     gt, pred = _check(gt, pred)
-    rng = volume_data_range(gt)
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        if valid.shape != gt.shape:
+            raise ValueError(f"valid mask shape {valid.shape} differs from the volume shape {gt.shape}")
+        if not valid.any():
+            raise ValueError("no voxel of the evaluated region has a finite ground truth")
+        if valid.all():
+            valid = None
+    rng = volume_data_range(gt if valid is None else gt[valid])
     mask = foreground_mask(gt, fg_fraction, fg_dilation, slice_axis)
+    if valid is not None:
+        mask &= valid
+        pred = np.where(valid, pred, gt)  # no error where there is no ground truth (SSIM windows)
+        psnr_all, ssim_all, nmse_all = masked_metrics(gt, pred, valid, rng, slice_axis)
+    else:
+        psnr_all, ssim_all, nmse_all = psnr(gt, pred, rng), ssim(gt, pred, rng, slice_axis), nmse(gt, pred)
     psnr_fg, ssim_fg, nmse_fg = masked_metrics(gt, pred, mask, rng, slice_axis)
     return VolumeMetrics(
-        psnr=psnr(gt, pred, rng),
-        ssim=ssim(gt, pred, rng, slice_axis),
-        nmse=nmse(gt, pred),
+        psnr=psnr_all,
+        ssim=ssim_all,
+        nmse=nmse_all,
         psnr_fg=psnr_fg,
         ssim_fg=ssim_fg,
         nmse_fg=nmse_fg,

@@ -94,8 +94,16 @@ def write_report_json(
     config: dict[str, Any],
     notes: Sequence[str] = (),
     failed: Sequence[dict[str, str]] = (),
+    nonfinite: dict[str, Any] | None = None,
+    excluded: Sequence[dict[str, str]] = (),
 ) -> None:
-    """``{"task", "methods": {name: {psnr, ssim, nmse, *_std, *_fg, volumes}}, "items", "config", ...}``."""
+    """``{"task", "methods": {name: {psnr, ssim, nmse, *_std, *_fg, volumes}}, "items", "config", ...}``.
+
+    ``nonfinite`` (when given): ``{"volumes", "replaced_voxels", "excluded_voxels", "items": [{"id",
+    "replaced", "excluded"}]}`` over the scored volumes that held NaN voxels: ``replaced`` were set to the
+    volume's background value before degradation, ``excluded`` (those inside the evaluated slices) were left
+    out of the scores.
+    """
     report = {
         "task": task,
         "methods": summary,
@@ -103,8 +111,20 @@ def write_report_json(
         "config": config,
         "notes": list(notes),
         "failed": list(failed),
+        "excluded": list(excluded),  # records of the selection that prepare rejected: {"id", "reason", ...}
     }
+    if nonfinite is not None:
+        report["nonfinite"] = nonfinite
     atomic_write_text(path, json.dumps(_jsonable(report), indent=2) + "\n")
+
+
+def nonfinite_note(nonfinite: dict[str, Any]) -> str:
+    """A one-line note for the report on NaN voxels (see :func:`write_report_json`'s ``nonfinite``)."""
+    return (
+        f"NaN voxels: {nonfinite['volumes']} volume(s) held {nonfinite['replaced_voxels']} NaN voxel(s), set "
+        f"to the volume's background value before degradation; {nonfinite['excluded_voxels']} of them lay in "
+        "the evaluated slices and were excluded from every metric (no ground truth there)"
+    )
 
 
 def write_metrics_csv(path: Path, rows: Sequence[MetricRow]) -> None:

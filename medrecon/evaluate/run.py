@@ -8,7 +8,10 @@ the checkpoint's encoder (else ``encoder``) fitted on the whole volume, cut into
 (cropped at the far end to a multiple of the task's scale), and every unit is degraded with ``task.degrade``
 and its own seeded generator (``medrecon.recon.measure``); every method then reconstructs the same
 measurements, batched across volumes. Reconstructions are decoded to scanner units and scored against the
-ground truth in scanner units (``medrecon.evaluate.metrics``). Outputs: ``metrics.csv``, ``report.json``,
+ground truth in scanner units (``medrecon.evaluate.metrics``). Non-finite voxels follow ``medrecon.io.finite``:
+NaN voxels of a volume become its background value before it is degraded, and are left out of the scores
+(they have no ground truth); the report counts both. A reconstruction that is not finite fails its volume
+(``non_finite_output``) rather than being scored. Outputs: ``metrics.csv``, ``report.json``,
 ``report.md`` and PNG panels under ``figures/`` (``medrecon.evaluate.report`` / ``figures``). Exit codes: 0,
 3 when some volumes could not be evaluated (they are listed in the report), 2 for usage errors.
 """
@@ -44,6 +47,8 @@ class EvalItem:
     slice_axis: int
     index: int  # position among the evaluated items (figures for the first few)
     start: int = 0  # absolute index of the first unit along the slice axis
+    valid: np.ndarray | None = None  # voxels of ``gt`` with a ground truth (not NaN in the source); None: all
+    replaced: int = 0  # NaN voxels of the whole volume set to its background value before degradation
     pending: set[str] = field(default_factory=set)
     results: dict[str, np.ndarray] = field(default_factory=dict)
     stds: dict[str, np.ndarray] = field(default_factory=dict)
@@ -61,16 +66,22 @@ def prepare_item(
     """Load, encode, cut and degrade one volume; returns the item and the 2.5D condition (or ``None``).
 
     Raises:
-        RejectedInput: the volume cannot be read; ValueError: nothing to evaluate in it.
+        RejectedInput: the volume cannot be read, or has too few slices for the model, the task's
+            degradation or the slice split (``too_few_slices``); ValueError: nothing to evaluate in it.
     """
     from medrecon.io.archive import load_item
     from medrecon.io.errors import Reason, RejectedInput
+    from medrecon.io.finite import fill_nan
     from medrecon.recon.measure import degrade_units, stacked_conditions, unit_seeds
 
-    volume = load_item(record)
+    volume = load_item(record, keep_nan=True)  # NaN marks voxels without ground truth: keep where they are
     array = np.asarray(volume.array, dtype=np.float32)
     if array.ndim != 3:
         raise RejectedInput(Reason.UNSUPPORTED, f"a {array.ndim}D array is not a single 3D volume")
+    layout.check(array.shape)  # too_few_slices: a single slice for a 3D model, or slices across it
+    missing = np.isnan(array)
+    replaced = int(missing.sum())
+    array, _ = fill_nan(array)  # what every other command reads (load_item's policy)
     box = rule.box(array.shape, layout.axis, layout.spatial_dims)
     if box is None:
         raise ValueError("the slice selection leaves no slice of this volume")
@@ -80,6 +91,12 @@ def prepare_item(
     lo = [b.start or 0 for b in box]
     hi = [b.stop if b.stop is not None else n for b, n in zip(box, array.shape)]
     hi = [l + (h - l) // f * f for l, h, f in zip(lo, hi, factors)]
+    if hi[2] <= lo[2]:  # e.g. thick_slices averages more slices than the selection has
+        chosen = (box[2].stop if box[2].stop is not None else array.shape[2]) - lo[2]
+        raise RejectedInput(
+            Reason.TOO_FEW_SLICES,
+            f"{chosen} slice(s) along axis 2; degrading them for task {task.name} takes {factors[2]}",
+        )
     if any(h <= l for l, h in zip(lo, hi)):
         raise ValueError(f"the volume is smaller than the task's scale {factors}")
     axis_lo = lo[layout.axis] if layout.spatial_dims == 2 else 0
@@ -97,7 +114,9 @@ def prepare_item(
     rows = list(range(offset, offset + count))
     cond = stacked_conditions(task, meas_ext, context)
     meas = meas_ext.index(rows)
-    gt = array[tuple(slice(l, h) for l, h in zip(lo, hi))]
+    gt_box = tuple(slice(l, h) for l, h in zip(lo, hi))
+    gt = array[gt_box]
+    valid = ~missing[gt_box] if replaced else None
     item = EvalItem(
         id=record.id,
         gt=np.ascontiguousarray(gt),
@@ -107,6 +126,8 @@ def prepare_item(
         slice_axis=layout.axis if layout.spatial_dims == 2 else 2,
         index=index,
         start=axis_lo,
+        valid=None if valid is None or valid.all() else np.ascontiguousarray(valid),
+        replaced=replaced,
     )
     return item, (None if cond is None else cond[rows])
 
@@ -120,13 +141,22 @@ def run(cfg: DictConfig) -> int:
     from medrecon.evaluate.metrics import volume_metrics
     from medrecon.evaluate.report import (
         MetricRow,
+        nonfinite_note,
         summarize,
         write_metrics_csv,
         write_report_json,
         write_report_md,
     )
-    from medrecon.evaluate.selection import DIFFUSION, resolve_methods, select_records, slice_rule
+    from medrecon.evaluate.selection import (
+        DIFFUSION,
+        excluded_note,
+        rejected_records,
+        resolve_methods,
+        select_records,
+        slice_rule,
+    )
     from medrecon.io.errors import RejectedInput
+    from medrecon.io.finite import NonFiniteOutput, require_finite
     from medrecon.recon.engine import Engine, Job, describe
     from medrecon.recon.measure import unit_seeds
     from medrecon.recon.methods import BaselineMethod, DiffusionMethod
@@ -174,7 +204,15 @@ def run(cfg: DictConfig) -> int:
 
     from medrecon.data.source import read_records
 
-    records = select_records(read_records(str(cfg.manifest)), rule)
+    manifest_records = read_records(str(cfg.manifest))
+    records = select_records(manifest_records, rule)
+    excluded = [
+        {"id": r.id, "reason": r.reason or "rejected", "detail": scrub(r.detail)}
+        for r in rejected_records(manifest_records, rule)
+    ]
+    if excluded:
+        notes = [*notes, excluded_note(excluded)]
+        log.warning("%s", notes[-1])
     if cfg.get("max_items") is not None:
         records = records[: int(cfg.max_items)]
     if not records:
@@ -185,6 +223,7 @@ def run(cfg: DictConfig) -> int:
 
     rows: list[MetricRow] = []
     failed: list[dict[str, str]] = []
+    nan_volumes: list[dict[str, Any]] = []  # scored volumes that held NaN voxels (medrecon.io.finite)
     figures: list[str] = []
     fg = cfg.get("foreground") or {}
     fig_cfg = cfg.get("figures") or {}
@@ -203,6 +242,7 @@ def run(cfg: DictConfig) -> int:
                         slice_axis=item.slice_axis,
                         fg_fraction=float(fg.get("fraction", 0.05)),
                         fg_dilation=int(fg.get("dilation", 2)),
+                        valid=item.valid,
                     ),
                     item.seconds.get(name, 0.0),
                 )
@@ -214,6 +254,9 @@ def run(cfg: DictConfig) -> int:
             log.warning("volume %s cannot be scored: %s", item.id, scrub(str(err)))
             return
         rows.extend(scored)  # all methods of a volume or none
+        if item.replaced:
+            no_truth = 0 if item.valid is None else int(item.valid.size - item.valid.sum())
+            nan_volumes.append({"id": item.id, "replaced": item.replaced, "excluded": no_truth})
         if item.index < int(fig_cfg.get("volumes", 2)):
             try:
                 figures.append(_figure(item, names, task, out, int(fig_cfg.get("dpi", 72))))
@@ -224,6 +267,13 @@ def run(cfg: DictConfig) -> int:
     def on_done(job: Job, mean: torch.Tensor, std: torch.Tensor | None) -> None:
         item: EvalItem = job.context
         name = job.method
+        try:  # a non-finite result would score NaN: fail the volume instead, with a reason
+            require_finite(mean, f"the {name} reconstruction")
+            if std is not None:
+                require_finite(std, f"the {name} posterior standard deviation")
+        except NonFiniteOutput as err:
+            on_fail(job, err.reason, str(err))
+            return
         item.results[name] = item.to_volume(item.encoder.decode(mean[:, 0].numpy()))
         if std is not None:
             scale = (float(item.encoder.high) - float(item.encoder.low)) / 2.0
@@ -288,6 +338,15 @@ def run(cfg: DictConfig) -> int:
 
     summary = summarize(rows, names)
     evaluated = len({r.id for r in rows})
+    nonfinite = {
+        "volumes": len(nan_volumes),
+        "replaced_voxels": sum(v["replaced"] for v in nan_volumes),
+        "excluded_voxels": sum(v["excluded"] for v in nan_volumes),
+        "items": nan_volumes,
+    }
+    if nan_volumes:
+        notes = [*notes, nonfinite_note(nonfinite)]
+        log.info("%s", notes[-1])
     config = {
         "manifest": Path(str(cfg.manifest)).name,
         "checkpoint": Path(str(cfg.checkpoint)).name if cfg.get("checkpoint") else None,
@@ -315,6 +374,8 @@ def run(cfg: DictConfig) -> int:
         config=config,
         notes=notes,
         failed=failed,
+        excluded=excluded,
+        nonfinite=nonfinite,
     )
     write_report_md(
         out / "report.md", task=task.name, summary=summary, items=evaluated, notes=notes, figures=figures

@@ -18,12 +18,14 @@ Volumes and slices, in order of precedence:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from medrecon.errors import UsageError
+from medrecon.io.errors import Reason, RejectedInput
 
 DIFFUSION = "diffusion"
 
@@ -84,7 +86,11 @@ class SliceRule:
     split: str = "test"
 
     def box(self, shape: tuple[int, ...], axis: int, spatial_dims: int) -> tuple[slice, slice, slice] | None:
-        """The index of the evaluated box of a volume of ``shape``; ``None`` when it is empty."""
+        """The index of the evaluated box of a volume of ``shape``; ``None`` when it is empty.
+
+        Raises:
+            RejectedInput: ``too_few_slices`` when the volume is too thin for the slice split's slabs.
+        """
         index = [slice(None)] * 3
         if self.explicit is not None:
             if spatial_dims != 2:
@@ -96,7 +102,10 @@ class SliceRule:
                 return None
             index[axis] = slice(rng.start, rng.stop)
         elif self.slice_split is not None:
-            bounds = self.slice_split.bounds(int(shape[self.slice_split.axis]))[self.split]
+            try:
+                bounds = self.slice_split.bounds(int(shape[self.slice_split.axis]))[self.split]
+            except ValueError as err:  # too thin to hold out slabs (a single slice, say)
+                raise RejectedInput(Reason.TOO_FEW_SLICES, str(err)) from err
             if bounds[1] <= bounds[0]:
                 return None
             index[self.slice_split.axis] = slice(*bounds)
@@ -142,7 +151,22 @@ def slice_rule(cfg: DictConfig, loaded: Any) -> SliceRule:
 
 def select_records(records: list[Any], rule: SliceRule) -> list[Any]:
     """The ok records the rule evaluates: all of them with a slice split, else those of ``rule.split``."""
-    ok = [r for r in records if r.status == "ok"]
+    return [r for r in _in_selection(records, rule) if r.status == "ok"]
+
+
+def rejected_records(records: list[Any], rule: SliceRule) -> list[Any]:
+    """The records the rule would evaluate but that prepare rejected (reported as excluded, with reasons)."""
+    return [r for r in _in_selection(records, rule) if r.status != "ok"]
+
+
+def excluded_note(excluded: list[dict[str, str]]) -> str:
+    """One report line for the rejected records of the selection: how many, per reason code."""
+    counts = Counter(e["reason"] for e in excluded)
+    shown = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
+    return f"{len(excluded)} record(s) excluded: rejected when the archive was prepared ({shown})"
+
+
+def _in_selection(records: list[Any], rule: SliceRule) -> list[Any]:
     if rule.slice_split is not None and rule.explicit is None:
-        return ok
-    return [r for r in ok if getattr(r, "split", None) == rule.split]
+        return list(records)
+    return [r for r in records if getattr(r, "split", None) == rule.split]

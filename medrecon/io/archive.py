@@ -4,8 +4,15 @@
 with ``.``), classifies each file — NIfTI by name (``.nii``, ``.nii.gz``), HDF5 by its signature
 ``\\x89HDF\\r\\n\\x1a\\n``, anything else is a DICOM candidate — calls ``scan_dicom`` once over all DICOM
 candidates and inspects NIfTI and HDF5 headers. No pixel data is decoded (a ``.nii.gz`` stream is decompressed
-and discarded to detect truncation). Every file ends up in exactly one ``Item``: a volume (ok or rejected with
-a reason) or a refused file (e.g. ``not_dicom``).
+and discarded to detect truncation; DICOM images at one position are compared by their pixel bytes, see
+``medrecon.io.dicom``). Every file ends up in exactly one ``Item``: a volume (ok or rejected with a reason) or
+a refused file (e.g. ``not_dicom``). ``file_item(path)`` judges one file the same way (the item it belongs to
+in a scan of its folder).
+
+One verdict for every entry path: ``discover`` and ``file_item`` run the readers' own header checks (every
+rule that does not need the pixels, duplicates included), and ``load_item`` reads through the same readers,
+which repeat those checks; so ``prepare``, ``reconstruct`` (folder, file or manifest) and ``evaluate`` refuse
+an input with the same reason code.
 
 Ids are opaque and stable: ``"s-" + sha256(kind, key)[:16]`` where the key is the DICOM series key (a hash of
 the SeriesInstanceUID and the reader's split key) for a series, and the file's path relative to ``root``
@@ -31,7 +38,9 @@ from typing import Protocol
 import pydicom
 
 from medrecon.io.dicom import DicomSeries, read_dicom_series, scan_dicom
+from medrecon.io.dicom_header import quiet_pydicom
 from medrecon.io.errors import Reason, RejectedInput
+from medrecon.io.finite import NonFinite, apply_policy
 from medrecon.io.kspace_h5 import inspect_kspace_h5, is_hdf5, kspace_volume
 from medrecon.io.nifti import inspect_nifti, is_nifti_path, read_nifti
 from medrecon.volume import Volume
@@ -53,6 +62,8 @@ class Item:
         detail: a sentence without patient data.
         group: a hash that groups items of one patient (or study) so splits can keep them together; never
             written out. Defaults to the id.
+        nonfinite: NaN/+inf/-inf voxel counts when inspection counted them (NIfTI), else ``None``.
+        duplicates: DICOM files left out as verified copies of files in ``paths``; never written out.
     """
 
     id: str
@@ -65,6 +76,8 @@ class Item:
     reason: str | None = None
     detail: str = ""
     group: str = ""
+    nonfinite: NonFinite | None = None
+    duplicates: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.group:
@@ -145,14 +158,39 @@ def discover(root: str | os.PathLike[str], *, exclude: Iterable[Path] = ()) -> D
     return Discovery(root=root, items=items)
 
 
-def load_item(item: ItemLike) -> Volume:
+def file_item(path: str | os.PathLike[str]) -> Item | None:
+    """The item one file belongs to, judged exactly as ``discover`` judges it in the file's folder.
+
+    A NIfTI or fastMRI HDF5 file is an item of its own, with the id ``discover(path.parent)`` gives it; any
+    other file is a DICOM candidate and stands for the series that holds it (or its own rejection), found by
+    scanning its folder. ``None`` when no item of that folder holds the file.
+    """
+    path = Path(os.path.abspath(path))
+    if is_nifti_path(path):
+        return _nifti_item(path.parent, path)
+    if is_hdf5(path):
+        return _h5_item(path.parent, path)
+    for item in discover(path.parent).items:
+        if path in item.paths or path in item.duplicates:
+            return item
+    return None
+
+
+def load_item(item: ItemLike, *, keep_nan: bool = False) -> Volume:
     """Read the pixels of an ok item or manifest record (absolute paths) into a ``Volume``.
 
-    ``meta["id"]`` is set to the item's id.
+    ``meta["id"]`` is set to the item's id. The non-finite policy of ``medrecon.io.finite`` is applied to
+    every format: NaN voxels become the background value (``meta["nonfinite"]`` counts them,
+    ``meta["nan_fill"]`` holds the value), +/-inf and all-NaN volumes are refused.
+
+    Args:
+        item: the item or record.
+        keep_nan: leave NaN voxels in place (still counted and checked), for a caller that must know where
+            the data is missing (evaluation scores finite ground truth only).
 
     Raises:
         RejectedInput: the item was rejected by prepare (its reason), or the files no longer match what was
-            recorded (``unreadable``), or the reader refuses them now.
+            recorded (``unreadable``), or the reader refuses them now (``non_finite_values`` included).
     """
     if item.status != "ok":
         raise RejectedInput(_reason(item.reason), item.detail or "rejected when the archive was prepared")
@@ -170,6 +208,8 @@ def load_item(item: ItemLike) -> Volume:
             f"the files now give shape {volume.shape[:3]}, the manifest recorded {tuple(item.shape)}: "
             "the archive changed since prepare",
         )
+    volume.array, notes = apply_policy(volume.array, keep_nan=keep_nan)
+    volume.meta.update(notes)
     volume.meta["id"] = item.id
     return volume
 
@@ -215,10 +255,11 @@ def _dicom_items(root: Path, candidates: list[Path]) -> list[Item]:
             shape=tuple(int(s) for s in series.shape) if series.shape else None,
             spacing=tuple(float(s) for s in series.spacing) if series.spacing else None,
             group=_dicom_group(series),
+            duplicates=[Path(p) for p in series.dropped_duplicates],
         )
         notes = []
-        if series.dropped_duplicates:
-            notes.append(f"{len(series.dropped_duplicates)} duplicate file(s) ignored")
+        if series.dropped_duplicates and series.reject is None:
+            notes.append(f"{len(series.dropped_duplicates)} identical duplicate file(s) ignored")
         if series.multiframe:
             notes.append("multi-frame")
         if series.reject is not None:
@@ -244,14 +285,15 @@ def _dicom_items(root: Path, candidates: list[Path]) -> list[Item]:
 def _dicom_group(series: DicomSeries) -> str:
     """A hash of the patient (else study) the series belongs to, read from one header; "" when unknown."""
     try:
-        ds = pydicom.dcmread(
-            series.paths[0],
-            stop_before_pixels=True,
-            specific_tags=["PatientID", "StudyInstanceUID"],
-            force=True,
-        )
-        patient = str(ds.get("PatientID", "") or "").strip()
-        study = str(ds.get("StudyInstanceUID", "") or "").strip()
+        with quiet_pydicom():  # its warnings about invalid values would quote the PatientID
+            ds = pydicom.dcmread(
+                series.paths[0],
+                stop_before_pixels=True,
+                specific_tags=["PatientID", "StudyInstanceUID"],
+                force=True,
+            )
+            patient = str(ds.get("PatientID", "") or "").strip()
+            study = str(ds.get("StudyInstanceUID", "") or "").strip()
     except Exception:  # the reader already accepted or judged the file; grouping is best effort
         return ""
     if patient:
@@ -267,6 +309,7 @@ def _nifti_item(root: Path, path: Path) -> Item:
         item.status, item.reason, item.detail = "rejected", err.reason.value, err.detail
         return item
     item.shape, item.spacing = info.shape, info.spacing
+    item.nonfinite = info.nonfinite
     return item
 
 

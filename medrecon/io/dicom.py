@@ -8,8 +8,9 @@ then
    ImageOrientationPatient (within ``SAME_ORIENTATION_TOL``), echo (EchoNumbers and EchoTime, or
    EffectiveEchoTime) and matrix size; images without an orientation join the largest stack;
 2. rejects localizers: an image whose ImageType (or FrameType) holds ``LOCALIZER`` makes its split series
-   ``mixed_localizer``, and so does an orientation with fewer than half the images of the largest
-   orientation of the same SeriesInstanceUID (a scout filed with the stack); the majority stays a series;
+   ``mixed_localizer``, and so does a valid orientation with fewer than half the images of the largest
+   orientation of the same SeriesInstanceUID (a scout filed with the stack; an invalid one is
+   ``invalid_geometry``); the majority stays a series;
 3. orders slices by the projection of ImagePositionPatient on the slice normal -- never by file name or
    InstanceNumber -- and validates the stack (rules and tolerances in :mod:`medrecon.io.dicom_geometry`);
 4. rejects the series for the first per-file problem of its files (:mod:`medrecon.io.dicom_header`).
@@ -22,7 +23,8 @@ dropped copy (same SHA-256 of the raw PixelData bytes and the same rescale, or f
 values) and raises ``conflicting_duplicate`` when it differs. Frames of one multi-frame file at one position
 are always ``conflicting_duplicate`` (a temporal or diffusion series).
 
-Reading applies RescaleSlope/RescaleIntercept per slice (per frame for enhanced images) and returns float32
+Reading applies RescaleSlope/RescaleIntercept per slice (per frame for enhanced images; an image without them
+takes a single linear Real World Value Mapping, as medrecon writes MR) and returns float32
 ``(columns, rows, slices)`` with the stack's RAS affine and UID-only meta.
 """
 
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,14 @@ class _Group:
     copies: list[Path] = field(default_factory=list)
 
 
+def _valid_iop(iop: tuple[float, ...]) -> bool:
+    try:
+        check_orientation(iop)
+    except RejectedInput:
+        return False
+    return True
+
+
 def _split(series_uid: str, unit: str, frames: list[FrameHeader]) -> list[_Group]:
     """Split one SeriesInstanceUID (or one multi-frame file) by orientation, echo and matrix size."""
     frames = sorted(frames, key=lambda f: f.sort_key)
@@ -147,7 +157,10 @@ def _split(series_uid: str, unit: str, frames: list[FrameHeader]) -> list[_Group
         clusters = [(None, unplaced)]
     groups = []
     for reference, members in clusters:
-        minority = oriented > 1 and reference is not None and 2 * len(members) < largest
+        # a scout has a valid orientation of its own; an invalid one is the image's defect (invalid_geometry)
+        minority = (
+            oriented > 1 and reference is not None and 2 * len(members) < largest and _valid_iop(reference)
+        )
         by_key: dict[tuple[str, int, int], list[FrameHeader]] = {}
         for frame in members:
             by_key.setdefault((frame.echo, frame.file.rows, frame.file.columns), []).append(frame)
@@ -228,6 +241,8 @@ def _assemble(frames: list[FrameHeader]) -> _Stack:
     if any(np.max(np.abs(np.subtract(f.pixel_spacing, spacing))) > 1e-4 for f in frames):
         raise RejectedInput(Reason.INVALID_GEOMETRY, "PixelSpacing differs between the images of the series")
     normal = slice_normal(frames[0].iop)
+    if not all(np.all(np.isfinite(f.ipp)) for f in frames):
+        raise RejectedInput(Reason.DEGENERATE_GEOMETRY, "ImagePositionPatient holds non-finite numbers")
     kept, duplicates = [], []
     for members in position_groups(np.stack([f.ipp for f in frames]), normal):
         first = frames[members[0]]
@@ -242,6 +257,7 @@ def _assemble(frames: list[FrameHeader]) -> _Stack:
         spacing,
         np.stack([f.ipp for f in kept]),
         gantry_tilt_deg=max((f.gantry_tilt for f in kept), key=abs),
+        thickness_mm=kept[0].thickness,
     )
     return _Stack(kept, duplicates, geometry)
 
@@ -277,6 +293,11 @@ def _series(group: _Group) -> DicomSeries:
         stack = _assemble(frames)
     except RejectedInput as err:
         reject = reject or err
+    if stack is not None and reject is None:
+        try:
+            _confirm_copies(stack, group.copies if multiframe else [])
+        except RejectedInput as err:  # refused like a conflict the headers show: all its files listed
+            reject, stack = err, None
     key = _series_key(group.series_uid, group.split_key)
     if stack is None:
         spacing = frames[0].pixel_spacing
@@ -384,7 +405,7 @@ def _read_series(series: DicomSeries) -> Volume:
         checks = [(dropped.path, [(kept, slot[id(kept)])]) for dropped, kept in stack.duplicates]
     for path, targets in checks:
         original_ds = files[targets[0][0].path][0]
-        if not _copy_matches(*files[path], targets, pixel_hash(original_ds), volume):
+        if not _copy_matches(*files[path], targets, pixel_hash(original_ds), lambda k: volume[:, :, k]):
             raise RejectedInput(
                 Reason.CONFLICTING_DUPLICATE, "a duplicate at one position holds different pixel values"
             )
@@ -416,12 +437,13 @@ def _copy_matches(
     copy: FileHeader,
     targets: list[tuple[FrameHeader, int]],
     original_hash: str,
-    volume: np.ndarray,
+    kept: Callable[[int], np.ndarray],
 ) -> bool:
     """Whether a dropped copy holds what the kept ``(frame, slice k)`` targets hold.
 
     True when the raw PixelData bytes (SHA-256) and the rescale are the same, or failing that when the decoded
-    physical values equal ``volume[:, :, k]`` (a copy stored in another transfer syntax).
+    physical values equal ``kept(k)``, the ``(columns, rows)`` values of slice ``k`` (a copy stored in another
+    transfer syntax); ``kept`` is called only then.
     """
     by_index = {f.index: f for f in copy.frames}
     if any(frame.index not in by_index for frame, _ in targets):
@@ -431,13 +453,72 @@ def _copy_matches(
     )
     if same_rescale and pixel_hash(ds) == original_hash:
         return True
-    if (copy.columns, copy.rows) != volume.shape[:2]:
+    if (copy.columns, copy.rows) != (targets[0][0].file.columns, targets[0][0].file.rows):
         return False
     stored = decode_frames(ds, copy)
     return all(
-        np.array_equal(physical_values(stored[f.index or 0], by_index[f.index]).T, volume[:, :, k])
+        np.array_equal(physical_values(stored[f.index or 0], by_index[f.index]).T, kept(k))
         for f, k in targets
     )
+
+
+def _confirm_copies(stack: _Stack, whole_file_copies: list[Path]) -> None:
+    """Scan time: every image left out as a copy must hold the pixels of the image it copies.
+
+    Headers alone cannot tell a re-exported copy from another image of the same size at one position, and a
+    series that is ok at scan time must not turn out ``conflicting_duplicate`` only when (or, for an item
+    whose manifest lists only the kept files, never when) its pixels are read. So the files involved in a
+    duplicate, and only those, are read: their raw PixelData bytes are compared (SHA-256), and decoded only
+    when the bytes differ (another transfer syntax).
+
+    Raises:
+        RejectedInput: ``conflicting_duplicate``, or the reading problem of one of those files.
+    """
+    if whole_file_copies:  # an enhanced file and its later copies: compare every frame
+        checks = [(path, list(zip(stack.frames, range(len(stack.frames))))) for path in whole_file_copies]
+    else:
+        checks = [(dropped.path, [(kept, 0)]) for dropped, kept in stack.duplicates]
+    if not checks:
+        return
+    files: dict[Path, tuple[Dataset, FileHeader]] = {}
+
+    def opened(path: Path) -> tuple[Dataset, FileHeader]:
+        if path not in files:
+            files[path] = read_file(path)
+            if files[path][1].problem is not None:
+                raise files[path][1].problem
+        return files[path]
+
+    for path, targets in checks:
+        original_ds, original = opened(targets[0][0].path)
+        kept = _lazy_values(original_ds, original, targets)
+        try:
+            same = _copy_matches(*opened(path), targets, pixel_hash(original_ds), kept)
+        except RejectedInput:
+            raise
+        except Exception as err:  # noqa: BLE001 - a damaged copy fails its series, never the scan
+            raise RejectedInput(
+                Reason.UNREADABLE, f"a duplicate image could not be compared ({type(err).__name__})"
+            ) from err
+        if not same:
+            raise RejectedInput(
+                Reason.CONFLICTING_DUPLICATE, "two images at one position hold different pixel values"
+            )
+
+
+def _lazy_values(
+    ds: Dataset, file: FileHeader, targets: list[tuple[FrameHeader, int]]
+) -> Callable[[int], np.ndarray]:
+    """``k -> (columns, rows)`` physical values of the target frame at slot ``k``, decoded on first use."""
+    frames = {slot: frame for frame, slot in targets}
+    decoded: list[np.ndarray] = []
+
+    def values(k: int) -> np.ndarray:
+        if not decoded:
+            decoded.append(decode_frames(ds, file))
+        return physical_values(decoded[0][frames[k].index or 0], frames[k]).T
+
+    return values
 
 
 def _meta(series: DicomSeries, stack: _Stack) -> dict[str, Any]:

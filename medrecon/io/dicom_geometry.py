@@ -25,6 +25,14 @@ Tolerances (documented in one place, used by the reader):
 - slices are stacked along the normal when each position lies within ``TILT_ABS_TOL_MM`` plus
   ``tan(TILT_TOL_DEG)`` times its distance from the first slice of the line through the first slice along the
   normal; a declared GantryDetectorTilt larger than ``TILT_TOL_DEG`` is a tilt too.
+
+Degenerate geometry (``degenerate_geometry``, the rule of :mod:`medrecon.io.grid`): non-finite orientation
+cosines, positions or PixelSpacing; a zero-length orientation vector or two parallel ones (no slice normal);
+a PixelSpacing or slice step outside the plausible voxel sizes; an affine that comes out singular.
+
+A single slice is a volume of shape ``(columns, rows, 1)``: its slice axis is the normal scaled by
+SliceThickness when that is a plausible voxel size, else by ``SINGLE_SLICE_MM`` (1 mm; the depth of one slice
+changes no voxel value, only the affine written with the outputs).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medrecon.io.errors import Reason, RejectedInput
+from medrecon.io.grid import check_affine, check_spacing, spacing_problem
 
 ORIENTATION_TOL = 1e-3
 SAME_ORIENTATION_TOL = 1e-3
@@ -45,6 +54,7 @@ SPACING_REL_TOL = 0.01
 SPACING_ABS_TOL_MM = 0.01
 TILT_TOL_DEG = 0.1
 TILT_ABS_TOL_MM = 0.01
+SINGLE_SLICE_MM = 1.0
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -53,13 +63,22 @@ def check_orientation(iop: Sequence[float]) -> np.ndarray:
     """Validate ImageOrientationPatient and return it as a ``(2, 3)`` array ``[row_dir, col_dir]``.
 
     Raises:
-        RejectedInput: ``invalid_geometry`` when the values are not finite, not unit length or not orthogonal.
+        RejectedInput: ``degenerate_geometry`` when the values are not finite, a vector has (nearly) zero
+            length or the two are parallel; ``invalid_geometry`` when they are not unit length or not
+            orthogonal.
     """
     cosines = np.asarray(iop, dtype=np.float64)
     if cosines.shape != (6,) or not np.all(np.isfinite(cosines)):
-        raise RejectedInput(Reason.INVALID_GEOMETRY, "ImageOrientationPatient must hold six finite numbers")
+        raise RejectedInput(
+            Reason.DEGENERATE_GEOMETRY, "ImageOrientationPatient must hold six finite numbers"
+        )
     row_dir, col_dir = cosines[:3], cosines[3:]
     norms = np.array([np.linalg.norm(row_dir), np.linalg.norm(col_dir)])
+    if np.any(norms <= ORIENTATION_TOL) or not np.linalg.norm(np.cross(row_dir, col_dir)) > ORIENTATION_TOL:
+        raise RejectedInput(
+            Reason.DEGENERATE_GEOMETRY,
+            f"ImageOrientationPatient spans no plane (vector lengths {norms.round(4).tolist()}, or parallel)",
+        )
     if np.any(np.abs(norms - 1.0) > ORIENTATION_TOL) or abs(float(row_dir @ col_dir)) > ORIENTATION_TOL:
         raise RejectedInput(
             Reason.INVALID_GEOMETRY,
@@ -70,10 +89,15 @@ def check_orientation(iop: Sequence[float]) -> np.ndarray:
 
 
 def check_pixel_spacing(pixel_spacing: Sequence[float]) -> np.ndarray:
-    """Validate PixelSpacing ``(row spacing, column spacing)`` mm; return it as a float64 ``(2,)`` array."""
+    """Validate PixelSpacing ``(row spacing, column spacing)`` mm; return it as a float64 ``(2,)`` array.
+
+    Raises:
+        RejectedInput: ``degenerate_geometry`` unless it is two finite, positive, plausible voxel sizes.
+    """
     spacing = np.asarray(pixel_spacing, dtype=np.float64)
-    if spacing.shape != (2,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise RejectedInput(Reason.INVALID_GEOMETRY, "PixelSpacing must be two positive numbers")
+    if spacing.shape != (2,):
+        raise RejectedInput(Reason.DEGENERATE_GEOMETRY, "PixelSpacing must be two numbers")
+    check_spacing(spacing, "PixelSpacing")
     return spacing
 
 
@@ -81,19 +105,24 @@ def slice_normal(iop: Sequence[float]) -> np.ndarray:
     """The slice normal ``row_direction x column_direction`` (LPS, unit length), shape ``(3,)``.
 
     Raises:
-        RejectedInput: ``invalid_geometry`` when the two directions are parallel or zero.
+        RejectedInput: ``degenerate_geometry`` when the two directions are parallel, zero or not finite.
     """
     cosines = np.asarray(iop, dtype=np.float64)
     normal = np.cross(cosines[:3], cosines[3:])
     length = float(np.linalg.norm(normal))
     if not length > ORIENTATION_TOL:
-        raise RejectedInput(Reason.INVALID_GEOMETRY, "ImageOrientationPatient gives no slice normal")
+        raise RejectedInput(Reason.DEGENERATE_GEOMETRY, "ImageOrientationPatient gives no slice normal")
     return normal / length
 
 
 def same_orientation(a: Sequence[float], b: Sequence[float]) -> bool:
-    """Whether two ImageOrientationPatient values are the same plane (within ``SAME_ORIENTATION_TOL``)."""
-    return bool(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))) <= SAME_ORIENTATION_TOL)
+    """Whether two ImageOrientationPatient values are the same plane (within ``SAME_ORIENTATION_TOL``).
+
+    Equal values are the same plane even when not finite, so a series with NaN cosines stays one series
+    (refused as a whole) instead of splitting into one series per image.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return bool(np.array_equal(a, b, equal_nan=True) or np.max(np.abs(a - b)) <= SAME_ORIENTATION_TOL)
 
 
 def position_groups(positions: np.ndarray, normal: np.ndarray) -> list[list[int]]:
@@ -164,6 +193,7 @@ def stack_geometry(
     pixel_spacing: Sequence[float],
     positions: np.ndarray,
     gantry_tilt_deg: float = 0.0,
+    thickness_mm: float | None = None,
 ) -> StackGeometry:
     """Validate a stack of distinct slice positions and return its affine.
 
@@ -172,17 +202,22 @@ def stack_geometry(
         pixel_spacing: PixelSpacing ``(row spacing, column spacing)`` mm.
         positions: ``(K, 3)`` LPS mm, already ascending along the normal, one per slice (duplicates removed).
         gantry_tilt_deg: the largest declared GantryDetectorTilt of the stack, degrees.
+        thickness_mm: SliceThickness, the slice axis of a single slice (see the module docstring).
 
     Raises:
-        RejectedInput: ``too_few_slices`` (K < 2), ``gantry_tilt``, ``missing_slice``,
-            ``non_uniform_spacing``, ``invalid_geometry``.
+        RejectedInput: ``degenerate_geometry``, ``gantry_tilt``, ``missing_slice``, ``non_uniform_spacing``,
+            ``invalid_geometry``, ``too_few_slices`` (no slice at all).
     """
     cosines = check_orientation(iop)
     spacing = check_pixel_spacing(pixel_spacing)
     positions = np.asarray(positions, dtype=np.float64)
     count = positions.shape[0]
-    if count < 2:
-        raise RejectedInput(Reason.TOO_FEW_SLICES, f"{count} slice(s); a single 2D image is not a volume")
+    if count < 1:
+        raise RejectedInput(Reason.TOO_FEW_SLICES, "no slice")
+    if not np.all(np.isfinite(positions)):
+        raise RejectedInput(Reason.DEGENERATE_GEOMETRY, "ImagePositionPatient holds non-finite numbers")
+    if count == 1:
+        return _single_slice(cosines, spacing, positions[0], thickness_mm)
     if abs(gantry_tilt_deg) > TILT_TOL_DEG:
         raise RejectedInput(Reason.GANTRY_TILT, f"GantryDetectorTilt is {gantry_tilt_deg:g} degrees")
     normal = slice_normal(cosines.ravel())
@@ -220,6 +255,20 @@ def stack_geometry(
         )
     step = (positions[-1] - positions[0]) / (count - 1)
     affine = affine_ras(cosines.ravel(), spacing, positions[0], step)
+    check_affine(affine, "slice stack")
     return StackGeometry(
         affine=affine, spacing=(float(spacing[1]), float(spacing[0]), float(np.linalg.norm(step)))
     )
+
+
+def _single_slice(
+    cosines: np.ndarray, spacing: np.ndarray, origin: np.ndarray, thickness_mm: float | None
+) -> StackGeometry:
+    """One slice: its slice axis is the normal times SliceThickness (else ``SINGLE_SLICE_MM``)."""
+    depth = SINGLE_SLICE_MM
+    if thickness_mm is not None and spacing_problem([thickness_mm]) is None:
+        depth = float(thickness_mm)
+    step = slice_normal(cosines.ravel()) * depth
+    affine = affine_ras(cosines.ravel(), spacing, origin, step)
+    check_affine(affine, "single slice")
+    return StackGeometry(affine=affine, spacing=(float(spacing[1]), float(spacing[0]), depth))

@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import os
 import struct
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +60,23 @@ MAX_VOXELS = 1_000_000_000
 CODECS_HINT = "pip install medrecon[codecs]"
 
 _PIXEL_TAG = 0x7FE00010
+# the pixel description pydicom's decoders read (PS3.3 C.7.6.3): required, and the integer ones single integers
+_PIXEL_DESCRIPTION = (
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+)
+_PIXEL_INTEGERS = (
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+)
 _FLOAT_PIXEL_TAGS = (0x7FE00008, 0x7FE00009)
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
@@ -87,6 +106,7 @@ class FrameHeader:
     intercept: float
     gantry_tilt: float
     acquisition: tuple[str, ...]
+    thickness: float | None = None  # SliceThickness, mm (the depth of a lone slice)
 
     @property
     def path(self) -> Path:
@@ -119,16 +139,21 @@ class FileHeader:
 
 @contextlib.contextmanager
 def quiet_pydicom() -> Iterator[None]:
-    """Stop pydicom from validating values: its warnings and log lines quote tag text (patient data)."""
+    """Stop pydicom from validating values and from logging: its warnings and log lines quote tag text
+    (patient data), and its pixel decoders log a traceback for every plugin that fails before raising."""
     settings = pydicom.config.settings
     saved = settings.reading_validation_mode
     settings.reading_validation_mode = pydicom.config.IGNORE
+    logger = logging.getLogger("pydicom")  # its modules log through children that inherit this level
+    saved_level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
         settings.reading_validation_mode = saved
+        logger.setLevel(saved_level)
 
 
 def _get(item: Dataset | None, keyword: str) -> Any:
@@ -153,7 +178,11 @@ def _values(item: Dataset | None, keyword: str) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
 
 
-def _floats(item: Dataset | None, keyword: str, count: int) -> tuple[float, ...] | None:
+def _floats(
+    item: Dataset | None, keyword: str, count: int, *, finite: bool = True
+) -> tuple[float, ...] | None:
+    """``count`` numbers, else None; NaN/inf count as missing unless ``finite=False`` (geometry tags keep
+    them, so the stack validation refuses them as ``degenerate_geometry`` instead of ``missing_geometry``)."""
     values = _values(item, keyword)
     if len(values) != count:
         return None
@@ -161,7 +190,7 @@ def _floats(item: Dataset | None, keyword: str, count: int) -> tuple[float, ...]
         numbers = tuple(float(v) for v in values)
     except (TypeError, ValueError):
         return None
-    return numbers if all(math.isfinite(v) for v in numbers) else None
+    return numbers if not finite or all(math.isfinite(v) for v in numbers) else None
 
 
 def _float(item: Dataset | None, keyword: str) -> float | None:
@@ -242,19 +271,65 @@ def voxels_problem(shape: Sequence[int]) -> RejectedInput | None:
     return None
 
 
+def _unparsable(item: Dataset | None, keyword: str) -> bool:
+    """Whether ``keyword`` holds a value that is not one finite number (an empty value counts as absent)."""
+    if item is None or keyword not in item:
+        return False
+    try:
+        value = item[keyword].value
+    except Exception:  # noqa: BLE001 - pydicom cannot convert it
+        return True
+    return value is not None and value != "" and _float(item, keyword) is None
+
+
+def _rescale_problem(ds: Dataset) -> RejectedInput | None:
+    """``unreadable`` when a RescaleSlope/RescaleIntercept is present but not one finite number (top level or
+    in a functional group): using the default instead would silently change every value (CT's -1024)."""
+    groups = [
+        _first_item(ds, "SharedFunctionalGroupsSequence"),
+        *(_get(ds, "PerFrameFunctionalGroupsSequence") or []),
+    ]
+    for item in [ds, *(_first_item(g, "PixelValueTransformationSequence") for g in groups)]:
+        for keyword in ("RescaleSlope", "RescaleIntercept"):
+            if _unparsable(item, keyword):
+                return RejectedInput(Reason.UNREADABLE, f"{keyword} is not a finite number")
+    return None
+
+
+def _pixel_description_problem(ds: Dataset) -> RejectedInput | None:
+    """``unreadable`` when an attribute pydicom's decoders need is missing, or an integer one is not a single
+    integer (text, several values, a wrong VR): the decoder would fail later with a less useful error."""
+    missing = [k for k in _PIXEL_DESCRIPTION if _get(ds, k) in (None, "")]
+    if missing:
+        return RejectedInput(Reason.UNREADABLE, f"the pixel description lacks {', '.join(missing)}")
+    for keyword in _PIXEL_INTEGERS:
+        value = _get(ds, keyword)
+        if keyword in ds and (isinstance(value, bool) or not isinstance(value, int)):
+            return RejectedInput(Reason.UNREADABLE, f"{keyword} is not a single integer")
+    return None
+
+
 def _image_problem(
     ds: Dataset, pixels: PixelInfo, rows: int, columns: int, frames: int
 ) -> RejectedInput | None:
     """The first per-file defect that makes the series unreadable, or None."""
-    samples = _int(ds, "SamplesPerPixel") or 1
+    problem = _pixel_description_problem(ds)
+    if problem is not None:
+        return problem
+    samples = _int(ds, "SamplesPerPixel") or 0
     bits = _int(ds, "BitsAllocated") or 0
+    if samples < 1:
+        return RejectedInput(Reason.UNREADABLE, f"SamplesPerPixel {samples} is not a number of samples")
     if samples != 1:
         return RejectedInput(
             Reason.UNSUPPORTED, f"colour images (SamplesPerPixel {samples}) are not supported"
         )
     photometric = _text(ds, "PhotometricInterpretation").upper()
-    if photometric and not photometric.startswith("MONOCHROME"):
-        return RejectedInput(Reason.UNSUPPORTED, f"{photometric} images are not supported (greyscale only)")
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        shown = photometric if photometric.replace("_", "").replace(" ", "").isalnum() else "an unknown"
+        return RejectedInput(
+            Reason.UNSUPPORTED, f"{shown[:16]} PhotometricInterpretation is not supported (greyscale only)"
+        )
     problem = _size_problem(rows, columns, frames)
     if problem is not None:
         return problem
@@ -262,8 +337,20 @@ def _image_problem(
         return RejectedInput(Reason.UNSUPPORTED, "floating-point pixel data is not supported")
     if bits not in (1, 8, 16, 32):
         return RejectedInput(Reason.UNSUPPORTED, f"BitsAllocated {bits} is not supported")
+    stored_bits, representation = _int(ds, "BitsStored") or 0, _int(ds, "PixelRepresentation")
+    if not 1 <= stored_bits <= bits:
+        return RejectedInput(
+            Reason.UNSUPPORTED, f"BitsStored {stored_bits} does not fit BitsAllocated {bits}"
+        )
+    if representation not in (0, 1):
+        return RejectedInput(
+            Reason.UNSUPPORTED, f"PixelRepresentation {representation} is neither 0 (unsigned) nor 1 (signed)"
+        )
     if _get(ds, "ModalityLUTSequence"):
         return RejectedInput(Reason.UNSUPPORTED, "a Modality LUT Sequence is not supported (only rescale)")
+    problem = _rescale_problem(ds)
+    if problem is not None:
+        return problem
     ts = _transfer_syntax(ds)
     if not pixels.present:
         return RejectedInput(Reason.TRUNCATED_PIXELS, "the image has no pixel data (file cut short?)")
@@ -274,6 +361,13 @@ def _image_problem(
             return RejectedInput(
                 Reason.TRUNCATED_PIXELS,
                 f"pixel data holds {held} of the {expected} bytes the header declares",
+            )
+        frame_bytes = _expected_bytes(rows, columns, samples, 1, bits)
+        if bits > 1 and held - expected >= frame_bytes:  # pydicom would return the excess as extra frames
+            return RejectedInput(
+                Reason.DECODE_ERROR,
+                f"pixel data holds {held} bytes, {held // frame_bytes} frames' worth; the header declares "
+                f"{frames} frame(s) of {frame_bytes} bytes",
             )
     return _codec_problem(ts)
 
@@ -297,23 +391,40 @@ def _rescale(item: Dataset | None) -> tuple[float | None, float | None]:
     return _float(item, "RescaleSlope"), _float(item, "RescaleIntercept")
 
 
+def _real_world_map(item: Dataset | None) -> tuple[float | None, float | None]:
+    """``(slope, intercept)`` of the only linear item of ``item``'s RealWorldValueMappingSequence, else Nones.
+
+    Used for an image without a Modality LUT (an MR image, whose IOD has none, written by medrecon or by a
+    scanner that records real-world values): several mappings (other units) or a LUT leave stored values.
+    """
+    linear = [
+        m for m in _get(item, "RealWorldValueMappingSequence") or [] if _float(m, "RealWorldValueSlope")
+    ]
+    if len(linear) != 1:
+        return None, None
+    return _float(linear[0], "RealWorldValueSlope"), _float(linear[0], "RealWorldValueIntercept") or 0.0
+
+
 def _single_frame(file: FileHeader, ds: Dataset) -> FrameHeader:
     slope, intercept = _rescale(ds)
+    if slope is None and intercept is None:
+        slope, intercept = _real_world_map(ds)
     slope = 1.0 if slope is None else slope
     intercept = 0.0 if intercept is None else intercept
-    ipp = _floats(ds, "ImagePositionPatient", 3)
+    ipp = _floats(ds, "ImagePositionPatient", 3, finite=False)
     return FrameHeader(
         file=file,
         index=None,
-        iop=_floats(ds, "ImageOrientationPatient", 6),
+        iop=_floats(ds, "ImageOrientationPatient", 6, finite=False),
         ipp=None if ipp is None else np.array(ipp),
-        pixel_spacing=_floats(ds, "PixelSpacing", 2),
+        pixel_spacing=_floats(ds, "PixelSpacing", 2, finite=False),
         echo=_echo_key(_values(ds, "EchoNumbers"), _float(ds, "EchoTime")),
         localizer=_is_localizer(_values(ds, "ImageType")),
         slope=slope,
         intercept=intercept,
         gantry_tilt=_float(ds, "GantryDetectorTilt") or 0.0,
         acquisition=_acquisition(ds, slope, intercept),
+        thickness=_float(ds, "SliceThickness"),
     )
 
 
@@ -325,10 +436,16 @@ def _multi_frames(file: FileHeader, ds: Dataset) -> list[FrameHeader]:
     image_localizer = _is_localizer(_values(ds, "ImageType"))
     frames = []
     for index, item in enumerate(per_frame):
-        position = _floats(_macro(item, shared, "PlanePositionSequence"), "ImagePositionPatient", 3)
+        position = _floats(
+            _macro(item, shared, "PlanePositionSequence"), "ImagePositionPatient", 3, finite=False
+        )
+        orientation = _macro(item, shared, "PlaneOrientationSequence")
+        measures = _macro(item, shared, "PixelMeasuresSequence")
         slope, intercept = _rescale(_macro(item, shared, "PixelValueTransformationSequence"))
         slope = top_slope if slope is None else slope
         intercept = top_intercept if intercept is None else intercept
+        if slope is None and intercept is None:
+            slope, intercept = _real_world_map(item if "RealWorldValueMappingSequence" in item else shared)
         frame_type = _macro(item, shared, "MRImageFrameTypeSequence") or _macro(
             item, shared, "CTImageFrameTypeSequence"
         )
@@ -338,11 +455,12 @@ def _multi_frames(file: FileHeader, ds: Dataset) -> list[FrameHeader]:
             FrameHeader(
                 file=file,
                 index=index,
-                iop=_floats(_macro(item, shared, "PlaneOrientationSequence"), "ImageOrientationPatient", 6)
-                or _floats(ds, "ImageOrientationPatient", 6),
+                iop=_floats(orientation, "ImageOrientationPatient", 6, finite=False)
+                or _floats(ds, "ImageOrientationPatient", 6, finite=False),
                 ipp=None if position is None else np.array(position),
-                pixel_spacing=_floats(_macro(item, shared, "PixelMeasuresSequence"), "PixelSpacing", 2)
-                or _floats(ds, "PixelSpacing", 2),
+                pixel_spacing=_floats(measures, "PixelSpacing", 2, finite=False)
+                or _floats(ds, "PixelSpacing", 2, finite=False),
+                thickness=_float(measures, "SliceThickness") or _float(ds, "SliceThickness"),
                 echo=_echo_key([], echo_time),
                 localizer=image_localizer or _is_localizer(_values(frame_type, "FrameType")),
                 slope=1.0 if slope is None else slope,
@@ -460,6 +578,13 @@ def read_file(path: Path) -> tuple[Dataset, FileHeader]:
         return ds, _parse(path, ds, _pixel_info_of(ds), size)
 
 
+def _error_name(err: BaseException) -> str:
+    """The exception's class name for a detail message, with its module when the name alone says nothing
+    (``struct.error``, ``zlib.error``)."""
+    kind = type(err)
+    return kind.__name__ if kind.__name__[:1].isupper() else f"{kind.__module__}.{kind.__name__}"
+
+
 @contextlib.contextmanager
 def _refusing_unreadable(what: str) -> Iterator[None]:
     """Turn any failure to read or parse one file into that file's ``RejectedInput`` (never a crash)."""
@@ -469,11 +594,15 @@ def _refusing_unreadable(what: str) -> Iterator[None]:
         raise
     except InvalidDicomError as err:
         raise RejectedInput(Reason.NOT_DICOM, "no DICOM Part 10 header ('DICM' prefix)") from err
+    except zlib.error as err:
+        raise RejectedInput(
+            Reason.UNREADABLE, "the deflated data set cannot be inflated (cut short or damaged)"
+        ) from err
     except OSError as err:
         raise RejectedInput(Reason.UNREADABLE, f"cannot read the file ({type(err).__name__})") from err
     except Exception as err:  # noqa: BLE001 - a file pydicom cannot parse is this file's failure, not the scan's
         raise RejectedInput(
-            Reason.UNREADABLE, f"pydicom cannot parse the {what} ({type(err).__name__})"
+            Reason.UNREADABLE, f"pydicom cannot parse the {what} ({_error_name(err)})"
         ) from err
 
 
@@ -499,7 +628,7 @@ def decode_frames(ds: Dataset, file: FileHeader) -> np.ndarray:
     except Exception as err:  # noqa: BLE001 - every decoder failure is this series' failure
         raise RejectedInput(
             Reason.DECODE_ERROR,
-            f"cannot decode {_transfer_syntax(ds).name} pixel data ({type(err).__name__})",
+            f"cannot decode {_transfer_syntax(ds).name} pixel data ({_error_name(err)})",
         ) from err
 
 

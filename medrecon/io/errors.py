@@ -22,7 +22,9 @@ class Reason(str, Enum):
     MISSING_GEOMETRY = "missing_geometry"
     TOO_FEW_SLICES = "too_few_slices"
     INVALID_GEOMETRY = "invalid_geometry"
+    DEGENERATE_GEOMETRY = "degenerate_geometry"  # singular/non-finite grid, implausible voxel sizes
     TRUNCATED_FILE = "truncated_file"
+    NON_FINITE_VALUES = "non_finite_values"  # +/-inf voxels or no finite voxel (medrecon.io.finite)
     UNSUPPORTED = "unsupported"
     UNREADABLE = "unreadable"
 

@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from medrecon.io.errors import Reason, RejectedInput
+from medrecon.io.grid import check_spacing
 from medrecon.volume import Volume
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -112,14 +113,23 @@ def inspect_kspace_h5(path: str | Path) -> KSpaceInfo:
 
     Reasons: ``truncated_file`` (HDF5 reports the file shorter than its superblock says), ``unreadable``
     (not HDF5 or damaged), ``unsupported`` (no ``kspace`` dataset, not complex, rank not 3 or 4, a ``mask`` or
-    target whose shape does not fit), ``too_few_slices`` (an empty slice axis).
+    target whose shape does not fit), ``too_few_slices`` (an empty slice axis), ``degenerate_geometry`` (an
+    ISMRMRD header whose encoded or recon space gives a voxel size that is not finite, positive and
+    plausible; see ``medrecon.io.grid``). A single slice is a volume of one slice.
     """
     with _open(path) as f:
         return _inspect(f)
 
 
 def read_kspace_h5(path: str | Path) -> KSpaceData:
-    """Read and validate a fastMRI file (k-space as complex64, mask and target as float32)."""
+    """Read and validate a fastMRI file (k-space as complex64, mask and target as float32).
+
+    Raises:
+        RejectedInput: as ``inspect_kspace_h5``; ``truncated_file`` when the arrays cannot be read;
+            ``non_finite_values`` when a k-space sample is NaN or infinite (through the inverse FFT one such
+            sample spoils its whole slice; see ``medrecon.io.finite``). A target's NaN voxels are left to
+            ``load_item``'s policy like any image's.
+    """
     with _open(path) as f:
         info = _inspect(f)
         try:
@@ -128,6 +138,13 @@ def read_kspace_h5(path: str | Path) -> KSpaceData:
             target = np.asarray(f[info.target_key][()], dtype=np.float32) if info.target_key else None
         except OSError as err:
             raise RejectedInput(Reason.TRUNCATED_FILE, f"array data could not be read ({err})") from err
+    bad = int(kspace.size - np.count_nonzero(np.isfinite(kspace)))
+    if bad:
+        raise RejectedInput(
+            Reason.NON_FINITE_VALUES,
+            f"{bad} of {kspace.size} k-space samples are NaN or infinite; a k-space sample cannot be "
+            "replaced without guessing, and the inverse FFT would spread it over its whole slice",
+        )
     return KSpaceData(kspace=kspace, mask=mask, target=target, attrs_safe=dict(info.attrs_safe), info=info)
 
 
@@ -300,18 +317,30 @@ def _header_spacing(
 
 
 def _space_spacing(root: ET.Element, space: str) -> tuple[float, float, float] | None:
+    """``space``'s voxel size (field of view / matrix size), ``None`` when the header does not give it.
+
+    Raises:
+        RejectedInput: ``degenerate_geometry`` when it gives one that is not a number, not finite, not
+            positive or not plausible (``medrecon.io.grid``), e.g. a zero matrix size or field of view.
+    """
+    texts = {}
+    for part in ("matrixSize", "fieldOfView_mm"):
+        for axis in ("x", "y", "z"):
+            node = root.find(f".//m:encoding/m:{space}/m:{part}/m:{axis}", _ISMRMRD_NS)
+            if node is None or node.text is None:
+                return None
+            texts[part, axis] = node.text.strip()
     try:
-        values = {}
-        for part in ("matrixSize", "fieldOfView_mm"):
-            for axis in ("x", "y", "z"):
-                node = root.find(f".//m:encoding/m:{space}/m:{part}/m:{axis}", _ISMRMRD_NS)
-                if node is None or node.text is None:
-                    return None
-                values[part, axis] = float(node.text)
-        # x is the readout (rows, H), y the phase encoding (columns, W), z the slice/slab
-        spacing = tuple(values["fieldOfView_mm", a] / values["matrixSize", a] for a in ("x", "y", "z"))
-    except (ValueError, ZeroDivisionError):
-        return None
-    if not all(np.isfinite(s) and s > 0 for s in spacing):
-        return None
-    return (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+        values = {key: float(text) for key, text in texts.items()}
+    except ValueError as err:
+        raise RejectedInput(
+            Reason.DEGENERATE_GEOMETRY, f"the ISMRMRD header's {space} holds a non-number"
+        ) from err
+    # x is the readout (rows, H), y the phase encoding (columns, W), z the slice/slab
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spacing = tuple(
+            float(np.float64(values["fieldOfView_mm", a]) / np.float64(values["matrixSize", a]))
+            for a in ("x", "y", "z")
+        )
+    check_spacing(spacing, f"the ISMRMRD header's {space} voxel size (field of view / matrix)")
+    return (spacing[0], spacing[1], spacing[2])

@@ -14,7 +14,8 @@ Failure rules:
   lowered for the rest of the run); a single unit that still does not fit fails its item (``out_of_memory``).
 - Any other error in a batch holding several items: every item is retried alone, so only the item that causes
   the error fails (reason ``error``, the exception type and message as detail).
-- An error raised by ``on_done`` (writing outputs) fails that item.
+- An error raised by ``on_done`` (writing outputs) fails that item: a ``RejectedInput`` with its reason,
+  anything else with ``error``.
 
 Results are computed on the method's device and kept on the CPU until their item is complete.
 """
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from medrecon.io.errors import RejectedInput
 from medrecon.physics.base import Measurement
 from medrecon.recon.measure import cat_measurements
 
@@ -208,6 +210,8 @@ class Engine:
         job.means, job.stds = {}, {}
         try:
             self.on_done(job, mean, std)
+        except RejectedInput as err:  # an input problem only writing shows (e.g. its header read again)
+            self._fail(job, err.reason.value, err.detail)
         except Exception as err:  # noqa: BLE001 - writing one item's outputs must not stop the others
             log.debug("finishing job %s failed", job.key, exc_info=err)
             self._fail(job, ERROR, describe(err))

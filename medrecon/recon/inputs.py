@@ -5,8 +5,11 @@ Every case gives a list of archive items (``medrecon.io.archive.Item`` or
 
 - a folder: ``discover(folder)``; rejected items are reported as failed with their reason;
 - a ``.jsonl`` file: the manifest's records (optionally one ``split``); rejected records are failed likewise;
-- a NIfTI or fastMRI HDF5 file: that file alone, with the id ``discover`` gives it in its own folder;
-- any other file (a DICOM image): the series that file belongs to, found by scanning the file's folder.
+- one file: ``file_item(file)``: a NIfTI or fastMRI HDF5 file alone, with the id ``discover`` gives it in its
+  own folder; any other file (a DICOM image) stands for the series it belongs to in a scan of its folder.
+
+Every case is judged by the io layer's own checks (``medrecon.io.archive``), so an input gets the verdict and
+reason code ``medrecon prepare`` gives it.
 """
 
 from __future__ import annotations
@@ -18,48 +21,13 @@ from typing import Any
 from medrecon.errors import UsageError
 
 
-def _file_item(path: Path) -> Any:
-    """One NIfTI/HDF5 file as an ``Item`` (validated from its header), ``None`` for other files."""
-    from medrecon.io.archive import Item, item_id
-    from medrecon.io.errors import RejectedInput
-    from medrecon.io.kspace_h5 import inspect_kspace_h5, is_hdf5
-    from medrecon.io.nifti import inspect_nifti, is_nifti_path
-
-    if is_nifti_path(path):
-        item = Item(id=item_id("nifti", path.name), format="nifti", paths=[path])
-        inspect = inspect_nifti
-    elif is_hdf5(path):
-        item = Item(id=item_id("h5", path.name), format="h5", paths=[path], modality="MR")
-        inspect = inspect_kspace_h5
-    else:
-        return None
-    try:
-        info = inspect(path)
-    except RejectedInput as err:
-        item.status, item.reason, item.detail = "rejected", err.reason.value, err.detail
-        return item
-    item.shape = tuple(info.shape if hasattr(info, "shape") else info.volume_shape)
-    return item
-
-
-def _dicom_file_item(path: Path) -> Any:
-    """The item of the series holding DICOM file ``path`` (its folder is scanned), else its own rejection."""
-    from medrecon.io.archive import discover
-
-    found = discover(path.parent)
-    for item in found.items:
-        if any(Path(p) == path for p in item.paths):
-            return item
-    raise UsageError(f"input={path} is not part of any series in its folder")
-
-
 def resolve_inputs(input_path: str, split: str | None = None) -> list[Any]:
     """The items ``input=`` names, in a deterministic order (see the module docstring).
 
     Raises:
         UsageError: the path does not exist, or a manifest is invalid or has no record in ``split``.
     """
-    from medrecon.io.archive import discover
+    from medrecon.io.archive import discover, file_item
     from medrecon.manifest import ManifestError, read_manifest
 
     if not input_path:
@@ -81,5 +49,7 @@ def resolve_inputs(input_path: str, split: str | None = None) -> list[Any]:
         return records
     if split is not None:
         raise UsageError("split= selects manifest records; input= is not a manifest (.jsonl)")
-    item = _file_item(path)
-    return [item if item is not None else _dicom_file_item(path)]
+    item = file_item(path)
+    if item is None:
+        raise UsageError(f"input={path} is not part of any series in its folder")
+    return [item]

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medrecon.io.atomic import atomic_write_text
+from medrecon.io.finite import NonFinite
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,12 @@ class RunRecord:
             ``out_of_memory``, ``not_applicable``), a short note for ``skipped`` ones, else ``None``.
         outputs: output paths relative to the output folder.
         seconds: wall time spent on the item in this run.
-        detail: a human sentence about a failure (no patient data).
+        detail: a human sentence about a failure, or about what was done to the input of an ok item (NaN
+            voxels read as the background value); no patient data.
         settings: a short hash of the options that shape the result (method, checkpoint, sampler, seed, ...):
             a finished item is only skipped by a rerun with the same settings.
+        nonfinite: the input's NaN/+inf/-inf voxel counts as read (``medrecon.io.finite``: NaN voxels were
+            replaced by the background value), ``None`` when the input was not read in this run.
     """
 
     id: str
@@ -53,6 +57,7 @@ class RunRecord:
     seconds: float = 0.0
     detail: str = ""
     settings: str = ""
+    nonfinite: NonFinite | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -79,7 +84,16 @@ class RunRecord:
             seconds=float(data.get("seconds") or 0.0),
             detail=str(data.get("detail") or ""),
             settings=str(data.get("settings") or ""),
+            nonfinite=_nonfinite(data.get("nonfinite")),
         )
+
+
+def _nonfinite(value: object) -> NonFinite | None:
+    """Counts from a record; ``None`` when absent (older ledgers) or not valid counts."""
+    try:
+        return None if value is None else NonFinite.from_dict(value)
+    except ValueError:
+        return None
 
 
 def read_records(path: Path) -> list[RunRecord]:

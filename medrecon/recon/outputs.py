@@ -75,17 +75,35 @@ def outputs_present(out: Path, relative: list[str]) -> bool:
     return True
 
 
-def write_dicom_atomic(volume: Volume, dest: Path, *, source: Volume, series_description: str) -> list[Path]:
+def write_dicom_atomic(
+    volume: Volume,
+    dest: Path,
+    *,
+    source: Volume,
+    series_description: str,
+    source_header: Path | None = None,
+    identity: str = "source",
+) -> list[Path]:
     """Write a derived series into a temporary folder beside ``dest``, then rename it onto ``dest``.
 
-    An existing ``dest`` (a failed or outdated earlier attempt) is replaced.
+    ``source_header`` (a file of the source series) and ``identity`` (``source`` | ``empty``) decide the
+    patient and study attributes (:mod:`medrecon.io.dicom_identity`). An existing ``dest`` (a failed or
+    outdated earlier attempt) is replaced.
     """
     from medrecon.io.dicom_write import write_dicom_series
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        write_dicom_series(volume, tmp, series_description=series_description, source=source, derived=True)
+        write_dicom_series(
+            volume,
+            tmp,
+            series_description=series_description,
+            source=source,
+            source_header=source_header,
+            identity=identity,
+            derived=True,
+        )
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
@@ -93,3 +111,12 @@ def write_dicom_atomic(volume: Volume, dest: Path, *, source: Volume, series_des
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return sorted(p for p in dest.rglob("*") if p.is_file())
+
+
+def remove_outputs(paths: ItemOutputs) -> None:
+    """Delete an item's outputs (its NIfTI, uncertainty map and derived DICOM folder), e.g. after writing one
+    of them failed: a failed item keeps no output, partial or stale."""
+    paths.nifti.unlink(missing_ok=True)
+    paths.std.unlink(missing_ok=True)
+    if paths.dicom.is_dir():
+        shutil.rmtree(paths.dicom, ignore_errors=True)

@@ -53,6 +53,8 @@ class ItemContext:
     meta: dict[str, Any]
     assemble: Any  # (N, *S) units -> (I, J, K) array
     started: float
+    nonfinite: Any = None  # the input's NonFinite counts (medrecon.io.finite)
+    note: str = ""  # what was done to the input (NaN voxels replaced), for the run record
 
 
 def _container(node: Any) -> Any:
@@ -122,12 +124,15 @@ def checkpoint_axis(loaded: Any, override: Any) -> int:
 
 def settings_key(cfg: DictConfig, method_name: str, task: Any, precision: str = "fp32") -> str:
     """A short hash of everything that changes the result: a finished item is redone when it differs.
-    ``precision`` is the resolved network precision (``fp32`` or ``bf16``)."""
+    ``precision`` is the resolved network precision (``fp32`` or ``bf16``). The checkpoint enters by its
+    content (``checkpoint_digest``: the weight set in use, spec and encoder), not its name or size, so a
+    file overwritten with other weights redoes every item; computed once per run."""
+    from medrecon.checkpoint import checkpoint_digest
+
     ckpt = cfg.get("checkpoint")
     ckpt_id = None
     if ckpt:
-        path = Path(str(ckpt))
-        ckpt_id = [path.name, path.stat().st_size if path.is_file() else None]
+        ckpt_id = checkpoint_digest(str(ckpt), str(cfg.get("weights") or "ema"))
     parts = {
         "method": method_name,
         "task": getattr(task, "name", None),
@@ -140,9 +145,21 @@ def settings_key(cfg: DictConfig, method_name: str, task: Any, precision: str = 
         "seed": int(cfg.seed),
         "axis": cfg.get("axis"),
         "dicom": bool(cfg.get("dicom", True)),
+        "dicom_identity": str(cfg.get("dicom_identity", "source")),
         "encoder": None if ckpt else _container(cfg.get("encoder")),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def dicom_identity(cfg: DictConfig) -> str:
+    """``dicom_identity=source|empty``: the derived DICOM's patient and study attributes (copied or empty)."""
+    from medrecon.io.dicom_identity import check_identity_mode
+
+    value = cfg.get("dicom_identity", "source")
+    try:
+        return check_identity_mode(str(value))
+    except ValueError as err:
+        raise UsageError(str(err)) from err
 
 
 def bool_option(cfg: DictConfig, name: str) -> bool:
@@ -172,6 +189,7 @@ def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
     if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise UsageError(f"batch_size={cfg.batch_size!r} must be an integer >= 1")
     precision = resolve_precision(cfg.get("precision", "auto"), device)
+    dicom_identity(cfg)
     loaded = None
     if cfg.get("checkpoint"):
         from medrecon.checkpoint import load_checkpoint
@@ -235,6 +253,7 @@ def prepare_job(item: Any, setup: Setup, cfg: DictConfig) -> Any:
     """
     from medrecon.io.archive import load_item
     from medrecon.io.errors import Reason, RejectedInput
+    from medrecon.io.finite import NonFinite
     from medrecon.recon.engine import Job
     from medrecon.recon.geometry import upsampled_affine
     from medrecon.recon.measure import (
@@ -258,12 +277,14 @@ def prepare_job(item: Any, setup: Setup, cfg: DictConfig) -> Any:
         col_mm, row_mm, slice_mm = (spacing[1], spacing[0], spacing[2]) if spacing else (1.0, 1.0, 1.0)
         affine = np.diag([col_mm, row_mm, slice_mm, 1.0])
         source, meta = None, {"modality": "MR"}
+        nonfinite = NonFinite()  # read_kspace_h5 refuses non-finite k-space
 
         def assemble(units: np.ndarray) -> np.ndarray:  # (slices, H, W) -> (W, H, slices), like kspace_volume
             return np.ascontiguousarray(np.transpose(units, (2, 1, 0)))
 
     else:
         source = load_item(item)
+        nonfinite = NonFinite.from_dict(source.meta["nonfinite"])
         if source.array.ndim != 3:
             raise RejectedInput(Reason.UNSUPPORTED, f"a {source.array.ndim}D array is not a single 3D volume")
         modality = source.meta.get("modality")
@@ -277,7 +298,11 @@ def prepare_job(item: Any, setup: Setup, cfg: DictConfig) -> Any:
         assemble = layout.volume
     count = int(meas.y.shape[0])
     cond = stacked_conditions(task, meas, setup.context)
-    context = ItemContext(item, source, encoder, affine, meta, assemble, started)
+    note = ""
+    if nonfinite.nan:
+        note = f"{nonfinite.nan} NaN voxel(s) read as the background value {source.meta['nan_fill']:.6g}"
+        log.info("item %s: %s", item.id, note)
+    context = ItemContext(item, source, encoder, affine, meta, assemble, started, nonfinite, note)
     seeds = unit_seeds(item.id, count, int(cfg.seed))
     return Job(key=item.id, method=setup.method_name, meas=meas, seeds=seeds, cond=cond, context=context)
 
@@ -294,7 +319,12 @@ def _reason(code: str | None) -> Any:
 def write_outputs(
     job: Any, mean: torch.Tensor, std: torch.Tensor | None, setup: Setup, cfg: DictConfig, out: Path
 ) -> list[str]:
-    """Decode and write one finished item; returns its outputs relative to ``out``."""
+    """Decode and write one finished item; returns its outputs relative to ``out``.
+
+    Raises:
+        NonFiniteOutput: the reconstruction (or its standard deviation) holds NaN/inf; nothing is written.
+    """
+    from medrecon.io.finite import require_finite
     from medrecon.io.nifti import write_nifti
     from medrecon.recon.outputs import item_outputs, write_dicom_atomic
     from medrecon.volume import Volume
@@ -306,6 +336,9 @@ def write_outputs(
     expected = _expected_shape(ctx, setup)
     if expected is not None and tuple(array.shape) != expected:
         raise ValueError(f"the reconstruction has shape {tuple(array.shape)}, expected {expected}")
+    require_finite(array, f"the {setup.method_name} reconstruction")  # NonFiniteOutput: nothing is written
+    if std is not None:
+        require_finite(std, "the posterior standard deviation")
     volume = Volume(array=array.astype(np.float32), affine=ctx.affine, meta=dict(ctx.meta))
     write_nifti(volume, paths.nifti)
     outputs = [paths.relative(paths.nifti)]
@@ -322,7 +355,14 @@ def write_outputs(
         paths.std.unlink(missing_ok=True)  # a stale uncertainty map from an earlier run with samples > 1
     if ctx.item.format == "dicom" and cfg.dicom and ctx.source is not None:
         description = f"medrecon {setup.method_name} {getattr(setup.task, 'name', '')}".strip()[:64]
-        write_dicom_atomic(volume, paths.dicom, source=ctx.source, series_description=description)
+        write_dicom_atomic(
+            volume,
+            paths.dicom,
+            source=ctx.source,
+            series_description=description,
+            source_header=ctx.item.paths[0],  # patient and study attributes are read from it now, not kept
+            identity=dicom_identity(cfg),
+        )
         outputs.append(paths.relative(paths.dicom))
     return outputs
 
@@ -340,11 +380,12 @@ def run(cfg: DictConfig) -> int:
     from medrecon.device import resolve_device
     from medrecon.distributed import process_device, quiet_non_main
     from medrecon.io.errors import RejectedInput
+    from medrecon.io.finite import NonFiniteOutput
     from medrecon.recon import sharding
     from medrecon.recon.engine import ERROR, Engine, describe
     from medrecon.recon.inputs import resolve_inputs
     from medrecon.recon.ledger import RunLedger, RunRecord, previous_records
-    from medrecon.recon.outputs import item_outputs, outputs_present
+    from medrecon.recon.outputs import item_outputs, outputs_present, remove_outputs
 
     env = sharding.env_from_environ()
     quiet_non_main(env.rank)
@@ -380,6 +421,7 @@ def run(cfg: DictConfig) -> int:
         outputs: list[str] | None = None,
         seconds: float = 0.0,
         detail: str = "",
+        nonfinite: Any = None,
     ) -> None:
         rec = RunRecord(
             id=item.id,
@@ -390,6 +432,7 @@ def run(cfg: DictConfig) -> int:
             seconds=seconds,
             detail=scrub(detail),
             settings=setup.settings,
+            nonfinite=nonfinite,
         )
         ledger.append(rec)
         finished.append(rec)
@@ -400,13 +443,22 @@ def run(cfg: DictConfig) -> int:
             log.info("item %s %s (%.1f s)", item.id, status, seconds)
 
     def on_done(job: Any, mean: torch.Tensor, std: torch.Tensor | None) -> None:
-        outputs = write_outputs(job, mean, std, setup, cfg, out)
         ctx: ItemContext = job.context
-        record(ctx.item, "ok", outputs=outputs, seconds=time.perf_counter() - ctx.started)
+        seconds = time.perf_counter() - ctx.started
+        try:
+            outputs = write_outputs(job, mean, std, setup, cfg, out)
+        except NonFiniteOutput as err:
+            record(ctx.item, "failed", err.reason, seconds=seconds, detail=str(err), nonfinite=ctx.nonfinite)
+            return
+        except BaseException:  # e.g. the DICOM series failed after the NIfTI: the engine fails the item
+            remove_outputs(item_outputs(out, ctx.item.id))  # a failed item keeps no output
+            raise
+        record(ctx.item, "ok", outputs=outputs, seconds=seconds, detail=ctx.note, nonfinite=ctx.nonfinite)
 
     def on_fail(job: Any, reason: str, detail: str) -> None:
         ctx: ItemContext = job.context
-        record(ctx.item, "failed", reason, seconds=time.perf_counter() - ctx.started, detail=detail)
+        seconds = time.perf_counter() - ctx.started
+        record(ctx.item, "failed", reason, seconds=seconds, detail=detail, nonfinite=ctx.nonfinite)
 
     engine = Engine(
         {setup.method_name: setup.method},

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medrecon.data.regions import unit_problem
+from medrecon.io.errors import Reason, RejectedInput
 from medrecon.recon.geometry import in_plane_factors
 
 
@@ -33,11 +35,27 @@ class Layout:
         if self.axis not in (0, 1, 2):
             raise ValueError(f"the slice axis must be 0, 1 or 2, got {self.axis!r}")
 
+    def check(self, shape: tuple[int, ...]) -> None:
+        """Refuse a volume that gives no usable unit (``medrecon.data.regions.unit_problem``): a single slice
+        ``(I, J, 1)`` is a volume for 2D models across axis 2, not for 3D models or slices across axis 0/1.
+
+        Raises:
+            RejectedInput: ``too_few_slices``.
+        """
+        problem = unit_problem(tuple(shape), self.spatial_dims, self.axis)
+        if problem is not None:
+            raise RejectedInput(Reason.TOO_FEW_SLICES, problem)
+
     def units(self, array: np.ndarray) -> np.ndarray:
-        """``(I, J, K)`` -> ``(N, H, W)`` slices (2D) or ``(1, I, J, K)`` (3D), a contiguous float32 copy."""
+        """``(I, J, K)`` -> ``(N, H, W)`` slices (2D) or ``(1, I, J, K)`` (3D), a contiguous float32 copy.
+
+        Raises:
+            RejectedInput: ``too_few_slices`` (see :meth:`check`).
+        """
         array = np.asarray(array, dtype=np.float32)
         if array.ndim != 3:
             raise ValueError(f"expected a 3D volume (I, J, K), got shape {array.shape}")
+        self.check(array.shape)
         stacked = np.moveaxis(array, self.axis, 0) if self.spatial_dims == 2 else array[None]
         return np.ascontiguousarray(stacked)
 

@@ -9,7 +9,9 @@ chance.
 Non-finite steps: when the loss or the gradient norm is NaN/Inf (on any process) the optimiser, the EMA and
 the counters of good steps are left alone, the step is counted as bad and training goes on; after
 ``train.max_bad_steps`` bad steps in a row it stops with an error. Weights are never updated with non-finite
-gradients, and a checkpoint is never written with non-finite values.
+gradients, and a checkpoint is never written with non-finite values. The data layer never yields non-finite
+samples (``medrecon.io.finite``); should a batch hold one anyway, the warning and the error say the data is
+the cause and name the manifest records it came from, instead of advising optimiser settings.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
+from medrecon.card import TrainingCard, ValidationScore
 from medrecon.checkpoint import ModelSpec, load_weights, read_metadata, save_checkpoint
 from medrecon.data.build import TrainingData
 from medrecon.data.context import training_pair
@@ -79,10 +82,14 @@ def batch_loss(
 
 @dataclass
 class StepStats:
+    """One optimiser step: mean loss, gradient norm, learning rate, whether it was applied, and for a skipped
+    step the ids of the records whose samples in it held NaN/inf (``()``: the data was finite)."""
+
     loss: float
     grad_norm: float
     lr: float
     ok: bool
+    bad_data: tuple[str, ...] = ()
 
 
 def ema_update_fn(decay: float, warmup: bool = True) -> Any:
@@ -170,8 +177,10 @@ class Trainer:
         self.bad_total = 0
         self.bad_in_row = 0
         self.best_psnr = -math.inf
+        self.best_val: ValidationScore | None = None  # stored in checkpoints' card
         self.writer: Any = None
         self.losses: list[float] = []
+        self.sampler: ResumableSampler | None = None  # set by _batches (names the records of a bad batch)
 
     # ---- resume -------------------------------------------------------------------------------------------
     @property
@@ -210,6 +219,7 @@ class Trainer:
         self.bad_total = int(state["bad_total"])
         self.bad_in_row = int(state["bad_in_row"])
         self.best_psnr = float(state["best_psnr"])
+        self.best_val = meta["card"].validation if meta.get("card") is not None else None
         if int(state["world_size"]) != self.env.world_size:
             log.warning(
                 "resuming a run of %d process(es) with %d: the data order changes from here on",
@@ -236,6 +246,7 @@ class Trainer:
             world_size=self.env.world_size,
             start=self.step * self.samples_per_step,
         )
+        self.sampler = sampler
         loader = DataLoader(
             self.data.train,
             batch_size=self.settings.batch_size,
@@ -259,8 +270,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.precond.train()
         total = torch.zeros((), device=self.device)
+        finite_rows: list[Tensor] = []  # per sample: were the inputs finite (read only after a bad step)
         for micro in range(s.accum):
             batch = next(batches)
+            finite_rows.append(torch.isfinite(batch).flatten(1).all(1))
             generator = torch.Generator(self.device).manual_seed(
                 seed_for(self.seed, self.step, self.env.rank, 2, micro)
             )
@@ -281,6 +294,7 @@ class Trainer:
         )
         bad = any_process(not (torch.isfinite(total) and torch.isfinite(grad_norm)), self.device)
         lr = self.optimizer.param_groups[0]["lr"]
+        bad_data = self._non_finite_records(finite_rows) if bad else ()
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
             self.bad_total += 1
@@ -293,7 +307,26 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()  # the schedule follows the step count, skipped steps included
         self.step += 1
-        return StepStats(float(all_reduce_mean(total)), float(grad_norm), lr, not bad)
+        return StepStats(float(all_reduce_mean(total)), float(grad_norm), lr, not bad, bad_data)
+
+    def _non_finite_records(self, finite_rows: list[Tensor]) -> tuple[str, ...]:
+        """Ids of the records whose samples in this step held NaN/inf, in order (``()`` when all were finite).
+
+        This rank's samples of step ``self.step`` are its sampler keys ``step * samples_per_step + r``, in the
+        order the micro-batches were drawn (the DataLoader keeps the sampler's order).
+        """
+        rows = torch.cat(finite_rows).cpu()
+        if bool(rows.all()):
+            return ()
+        first = self.step * self.samples_per_step
+        record_id = getattr(self.data.train, "record_id", None)
+        ids = []
+        for r in torch.nonzero(~rows).flatten().tolist():
+            if self.sampler is None or record_id is None:
+                ids.append(f"sample {first + r}")
+            else:
+                ids.append(record_id(self.sampler.item_at(first + r)))
+        return tuple(dict.fromkeys(ids))
 
     # ---- checkpoints --------------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -327,6 +360,7 @@ class Trainer:
             encoder=self.data.encoder,
             config=self.config,
             step=self.step,
+            card=TrainingCard(data=self.data.summary, validation=self.best_val),
         )
 
     # ---- validation & logging -----------------------------------------------------------------------------
@@ -343,6 +377,8 @@ class Trainer:
             self.writer.add_image("val/gt_input_recon", result.grid, self.step, dataformats="HW")
         if math.isfinite(result.psnr) and result.psnr > self.best_psnr:
             self.best_psnr = result.psnr
+            if math.isfinite(result.ssim):
+                self.best_val = ValidationScore(float(result.psnr), float(result.ssim), self.step)
             self._write_weights(self.run_dir.best)
 
     def _log_scalars(self, stats: StepStats, img_per_s: float) -> None:
@@ -390,15 +426,25 @@ class Trainer:
                 if stats.ok:
                     losses.append(stats.loss)
                 else:
+                    data = ", ".join(stats.bad_data)
                     log.warning(
                         "step %d: non-finite loss or gradient (loss %s, grad norm %s): step skipped "
-                        "(%d in a row, %d in total)",
+                        "(%d in a row, %d in total)%s",
                         self.step,
                         stats.loss,
                         stats.grad_norm,
                         self.bad_in_row,
                         self.bad_total,
+                        f"; the batch itself held NaN/inf from record(s) {data}" if data else "",
                     )
+                    if self.bad_in_row >= s.max_bad_steps and data:
+                        raise TrainingStopped(
+                            f"stopped at step {self.step}: {self.bad_in_row} non-finite steps in a row "
+                            f"(train.max_bad_steps={s.max_bad_steps}); the training batch itself held NaN/inf "
+                            f"values from record(s) {data}: the cause is the data, not the optimiser; check "
+                            "those volumes (prepare's manifest counts non-finite voxels in 'nonfinite'); the "
+                            "last checkpoint holds finite weights"
+                        )
                     if self.bad_in_row >= s.max_bad_steps:
                         raise TrainingStopped(
                             f"stopped at step {self.step}: {self.bad_in_row} non-finite steps in a row "

@@ -32,14 +32,15 @@ def _container(node: Any) -> dict[str, Any]:
 
 
 def build_task(task_cfg: Any, spatial_dims: int) -> tuple[Any, dict[str, Any]]:
-    """Instantiate ``cfg.task`` for ``spatial_dims`` (set on the task when it takes the option); returns the
-    task and the config it was built from (stored in checkpoints)."""
-    from hydra.utils import instantiate
+    """Build ``cfg.task`` for ``spatial_dims`` (set on the task when it takes the option); returns the
+    task and the config it was built from (stored in checkpoints). The task is built through the closed
+    registry that loading uses (``medrecon.physics.registry``), so what training stores is what loads."""
+    from medrecon.physics.registry import build_task as registry_task
 
     task_dict = _container(task_cfg)
     if "spatial_dims" in task_dict:
         task_dict["spatial_dims"] = spatial_dims
-    task = instantiate(task_dict)
+    task = registry_task(task_dict)
     if getattr(task, "spatial_dims", spatial_dims) != spatial_dims:
         raise UsageError(
             f"task {task_dict.get('_target_')} works on spatial_dims={task.spatial_dims}, "
@@ -64,6 +65,7 @@ def run(cfg: DictConfig) -> int:
     from medrecon.checkpoint import ModelSpec
     from medrecon.data.build import build_training_data
     from medrecon.train.loop import Trainer
+    from medrecon.train.resume import should_resume
     from medrecon.train.rundir import RunDir
     from medrecon.train.settings import TrainSettings
     from medrecon.train.validate import Validator
@@ -78,10 +80,7 @@ def run(cfg: DictConfig) -> int:
     seed = int(cfg.seed)
     out = run_directory(cfg)
     run_dir = RunDir(out)
-    if run_dir.has_run() and not cfg.resume:
-        raise UsageError(
-            f"out={out} already holds a training run; pass resume=true to continue it or choose another out="
-        )
+    resume = should_resume(run_dir, cfg)  # resume=auto|true|false (medrecon.train.resume)
     init_process_group(env, device)
     try:
         try:  # configuration problems surface here as ValueError: report them as usage errors
@@ -142,8 +141,10 @@ def run(cfg: DictConfig) -> int:
             settings.batch_size,
             settings.accum,
         )
-        if cfg.resume and not trainer.resume():
-            log.info("resume=true but %s holds no checkpoint yet: starting from step 0", out)
+        if resume and not trainer.resume():
+            log.info(
+                "resume=true but %s holds no checkpoint and training state yet: starting from step 0", out
+            )
         try:
             code = trainer.fit()
         except torch.cuda.OutOfMemoryError as err:

@@ -1,0 +1,188 @@
+"""What training records about a model beside its weights: a summary of its data and its best validation score.
+
+Stored in a checkpoint's ``card`` metadata field (``medrecon.checkpoint``) and shown by ``medrecon info``. It
+holds counts, modality codes and geometry ranges only -- never ids, paths or anything read from a header that
+could identify a patient. Checkpoints written before the card existed have none (``info`` says "not recorded").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from medrecon.schema import Float, Int, SchemaError, Seq, Text, check_mapping, quote
+
+MAX_COUNT = 10**9
+_SHAPE = Seq(Int(1, 10**6), 3, 3)
+_SPACING = Seq(Float(0.0, 1e4), 3, 3)
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """The training data of a model.
+
+    Attributes:
+        volumes: training volumes (manifest records).
+        items: training items (2D slices, or 3D volumes sampled as patches).
+        val_items: validation items scored during training.
+        modalities: training volumes per modality code (``MR``, ``CT``, ``unknown``).
+        shape_min, shape_max: per-axis range of the volumes' shapes ``(I, J, K)`` in voxels.
+        spacing_median, spacing_min, spacing_max: per-axis median and range of the voxel spacing in mm along
+            ``(I, J, K)`` -- the resolution the model was trained at; ``None`` when no record had a spacing.
+        patch: the training patch size in voxels.
+    """
+
+    volumes: int
+    items: int
+    val_items: int
+    modalities: dict[str, int]
+    shape_min: tuple[int, ...] | None
+    shape_max: tuple[int, ...] | None
+    spacing_median: tuple[float, ...] | None
+    spacing_min: tuple[float, ...] | None
+    spacing_max: tuple[float, ...] | None
+    patch: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ValidationScore:
+    """The best validation during training (by PSNR): mean PSNR in dB and SSIM, and the step it was reached."""
+
+    psnr: float
+    ssim: float
+    step: int
+
+
+@dataclass(frozen=True)
+class TrainingCard:
+    """The ``card`` metadata field of a checkpoint; either part may be missing."""
+
+    data: DataSummary | None = None
+    validation: ValidationScore | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, value: Any) -> TrainingCard:
+        """The card stored in a checkpoint, checked field by field.
+
+        Raises:
+            SchemaError: an unknown key, or a value of the wrong type or range.
+        """
+        top = check_mapping(value, {"data": _Nested(), "validation": _Nested()}, "card")
+        data = top.get("data")
+        val = top.get("validation")
+        return cls(
+            data=None if data is None else _data_summary(data),
+            validation=None
+            if val is None
+            else ValidationScore(**check_mapping(val, _SCORE, "card.validation", _SCORE)),
+        )
+
+
+class _Nested:
+    """A nested mapping (or null), checked by the caller."""
+
+    def check(self, value: Any, where: str) -> Any:
+        if value is None or isinstance(value, Mapping):
+            return value
+        raise SchemaError(f"{where} must be a mapping or null, got {quote(value)}")
+
+
+class _Counts:
+    """A mapping of modality codes to counts."""
+
+    def check(self, value: Any, where: str) -> Any:
+        if not isinstance(value, Mapping) or len(value) > 64:
+            raise SchemaError(f"{where} must be a mapping of at most 64 modality codes to counts")
+        for key, count in value.items():
+            Text(max_len=16).check(key, f"{where} key")
+            Int(0, MAX_COUNT).check(count, f"{where}.{key}")
+        return value
+
+
+_SCORE = {"psnr": Float(-1e3, 1e3), "ssim": Float(-1.0, 1.0), "step": Int(0, 10**12)}
+_DATA = {
+    "volumes": Int(0, MAX_COUNT),
+    "items": Int(0, MAX_COUNT),
+    "val_items": Int(0, MAX_COUNT),
+    "modalities": _Counts(),
+    "shape_min": _SHAPE,
+    "shape_max": _SHAPE,
+    "spacing_median": _SPACING,
+    "spacing_min": _SPACING,
+    "spacing_max": _SPACING,
+    "patch": Seq(Int(1, 10**5), 2, 3),
+}
+_OPTIONAL = ("shape_min", "shape_max", "spacing_median", "spacing_min", "spacing_max")
+
+
+def _data_summary(value: Mapping[str, Any]) -> DataSummary:
+    present = {k: v for k, v in value.items() if not (k in _OPTIONAL and v is None)}
+    checked = check_mapping(present, _DATA, "card.data", [k for k in _DATA if k not in _OPTIONAL])
+    return DataSummary(
+        volumes=checked["volumes"],
+        items=checked["items"],
+        val_items=checked["val_items"],
+        modalities=dict(checked["modalities"]),
+        patch=tuple(checked["patch"]),
+        **{k: tuple(checked[k]) if k in checked else None for k in _OPTIONAL},
+    )
+
+
+def summarize_data(
+    records: Sequence[Any], *, items: int, val_items: int, patch: Sequence[int]
+) -> DataSummary:
+    """The summary of the training records (manifest records with ``modality``, ``shape``, ``spacing``).
+
+    Args:
+        records: the training volumes.
+        items: training items (slices or patch sources) the data layer built from them.
+        val_items: validation items scored during training.
+        patch: the training patch size.
+    """
+    modalities = Counter(_code(getattr(r, "modality", None)) for r in records)
+    # only values the card's schema accepts, so a card is always writable (and loadable)
+    shapes = np.array([r.shape for r in records if _fits(r.shape, _SHAPE)], dtype=np.int64)
+    spacings = np.array([r.spacing for r in records if _fits(r.spacing, _SPACING)], dtype=np.float64)
+
+    def ints(a: np.ndarray) -> tuple[int, ...]:
+        return tuple(int(v) for v in a)
+
+    def floats(a: np.ndarray) -> tuple[float, ...]:
+        return tuple(round(float(v), 6) for v in a)
+
+    return DataSummary(
+        volumes=len(records),
+        items=int(items),
+        val_items=int(val_items),
+        modalities=dict(sorted(modalities.items())),
+        shape_min=ints(shapes.min(0)) if len(shapes) else None,
+        shape_max=ints(shapes.max(0)) if len(shapes) else None,
+        spacing_median=floats(np.median(spacings, 0)) if len(spacings) else None,
+        spacing_min=floats(spacings.min(0)) if len(spacings) else None,
+        spacing_max=floats(spacings.max(0)) if len(spacings) else None,
+        patch=tuple(int(p) for p in patch),
+    )
+
+
+def _fits(value: Any, option: Seq) -> bool:
+    try:
+        option.check(None if value is None else list(value), "value")
+    except SchemaError:
+        return False
+    return True
+
+
+def _code(modality: Any) -> str:
+    """A modality code as stored: upper case, ``unknown`` when missing, ``other`` when not a plain code."""
+    code = str(modality or "unknown").upper()
+    try:
+        return Text(max_len=16).check(code, "modality")
+    except SchemaError:
+        return "other"

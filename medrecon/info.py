@@ -1,0 +1,196 @@
+"""``medrecon info checkpoint=FILE [format=text|json]``: what a checkpoint is, read from its header alone.
+
+The model card (:func:`model_card`) says which task the model solves and with which options, which network
+(class, options, parameter count), its geometry (2D/3D, 2.5D context), how long it trained, on what data
+(volume and item counts, modalities, shape and voxel-spacing ranges: the resolution it was trained at), its
+best validation score, its intensity encoding, and the digest of each weight set (the identity ``medrecon
+reconstruct`` uses to decide whether finished items are still valid). Checkpoints written before the training
+card existed say "not recorded" for the data and validation. The file passes every loading check
+(``medrecon.checkpoint.check_checkpoint``) first; no weight is loaded into a network, and the card holds no
+ids or paths (the file is named by its final name only).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from medrecon.errors import UsageError
+
+FORMATS = ("text", "json")
+NOT_RECORDED = "not recorded"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a checkpoint is (``medrecon info``).
+
+    Attributes:
+        file: the checkpoint's file name (no folders).
+        format_version, medrecon_version: the checkpoint format and the medrecon that wrote it.
+        step: optimiser steps the weights are from; ``planned_steps``: ``train.steps`` of the run (or None).
+        task, task_name, task_options: the task's registry name, config name (``sr4x``) and options.
+        network, network_options, parameters: the network's registry name, options and parameter count.
+        spatial_dims, image_channels, cond_channels, context, sigma_data: the denoiser's geometry.
+        training: a few run options from the stored config (batch size, patch size, slice axis), when stored.
+        data: the training data summary (``medrecon.card.DataSummary`` as a dict), or None: not recorded.
+        validation: the best validation (PSNR dB, SSIM, step), or None: not recorded.
+        encoder: the intensity encoder's options.
+        digests: sha256 per weight set (``ema``, ``raw``), as ``medrecon.checkpoint.checkpoint_digest``.
+    """
+
+    file: str
+    format_version: str
+    medrecon_version: str
+    step: int
+    planned_steps: int | None
+    task: str
+    task_name: str
+    task_options: dict[str, Any]
+    network: str
+    network_options: dict[str, Any]
+    parameters: int
+    spatial_dims: int
+    image_channels: int
+    cond_channels: int
+    context: int
+    sigma_data: float
+    training: dict[str, Any]
+    data: dict[str, Any] | None
+    validation: dict[str, Any] | None
+    encoder: dict[str, Any]
+    digests: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (``format=json``)."""
+        return asdict(self)
+
+
+def _stored(config: dict[str, Any], dotted: str) -> Any:
+    """A scalar of the stored run config (None when absent or not a scalar)."""
+    node: Any = config
+    for key in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node if isinstance(node, (int, float, str)) else None
+
+
+def model_card(path: str | Path) -> ModelCard:
+    """The model card of a checkpoint (header and metadata only; every loading check applies).
+
+    Raises:
+        UsageError: the file is missing or fails a check (one line).
+    """
+    from medrecon.checkpoint import WEIGHT_SETS, check_checkpoint, checkpoint_digest
+
+    checked = check_checkpoint(path)
+    meta, spec = checked.meta, checked.meta.spec
+    task = spec.build_task()
+    card = meta.card
+    config = meta.config
+    planned = _stored(config, "train.steps")
+    training = {
+        "batch_size": _stored(config, "train.batch_size"),
+        "patch_size": _stored(config, "data.patch_size"),
+        "axis": _stored(config, "data.axis"),
+    }
+    return ModelCard(
+        file=Path(path).name,
+        format_version=meta.format_version,
+        medrecon_version=meta.medrecon_version,
+        step=meta.step,
+        planned_steps=planned if isinstance(planned, int) and not isinstance(planned, bool) else None,
+        task=str(spec.task["_target_"]),
+        task_name=str(getattr(task, "name", "")),
+        task_options={k: v for k, v in spec.task.items() if k != "_target_"},
+        network=str(spec.model["_target_"]),
+        network_options={k: v for k, v in spec.model.items() if k != "_target_"},
+        parameters=checked.parameters,
+        spatial_dims=spec.spatial_dims,
+        image_channels=spec.image_channels,
+        cond_channels=spec.cond_channels,
+        context=spec.context,
+        sigma_data=spec.sigma_data,
+        training={k: v for k, v in training.items() if v is not None},
+        data=None if card is None or card.data is None else asdict(card.data),
+        validation=None if card is None or card.validation is None else asdict(card.validation),
+        encoder=meta.encoder.to_dict(),
+        digests={w: checkpoint_digest(path, w) for w in WEIGHT_SETS},
+    )
+
+
+def _options(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in options.items()) or "defaults"
+
+
+def _axes(values: Any, sep: str = " x ") -> str:
+    return sep.join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def _data_lines(data: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if data is None:
+        return [("training data", NOT_RECORDED), ("spacing", NOT_RECORDED)]
+    modalities = ", ".join(f"{k} {v}" for k, v in data["modalities"].items()) or "none"
+    text = (
+        f"{data['volumes']} volume(s) ({modalities}), {data['items']} training item(s), "
+        f"{data['val_items']} validation item(s), patch {_axes(data['patch'], 'x')}"
+    )
+    if data["shape_min"] is not None:
+        text += f"; shapes {_axes(data['shape_min'], 'x')} .. {_axes(data['shape_max'], 'x')} voxels"
+    spacing = NOT_RECORDED
+    if data["spacing_median"] is not None:
+        ranges = " x ".join(f"{lo:g}-{hi:g}" for lo, hi in zip(data["spacing_min"], data["spacing_max"]))
+        spacing = f"median {_axes(data['spacing_median'])} mm (range {ranges} mm)"
+    return [("training data", text), ("spacing", spacing)]
+
+
+def render(card: ModelCard) -> str:
+    """The card as aligned ``label  value`` lines (``format=text``)."""
+    enc = card.encoder
+    if enc["kind"] == "window":
+        encoding = f"window [{enc['low']:g}, {enc['high']:g}] -> [-1, 1]"
+    else:
+        encoding = f"percentile {enc['low_pct']:g}-{enc['high_pct']:g} -> [-1, 1], fit {enc['fit']}"
+    encoding += ", clipped" if enc["clip"] else ""
+    steps = f"{card.step}" + (f" of {card.planned_steps}" if card.planned_steps is not None else "")
+    run = ", ".join(f"{k} {v}" for k, v in card.training.items())
+    val = card.validation
+    rows = [
+        ("checkpoint", card.file),
+        (
+            "format",
+            f"medrecon-checkpoint v{card.format_version}, written by medrecon {card.medrecon_version}",
+        ),
+        ("task", f"{card.task_name} ({card.task}): {_options(card.task_options)}"),
+        ("network", f"{card.network}, {card.parameters:,} parameters: {_options(card.network_options)}"),
+        (
+            "geometry",
+            f"{card.spatial_dims}D, 2.5D context {card.context}, image channels {card.image_channels}, "
+            f"condition channels {card.cond_channels}, sigma_data {card.sigma_data:g}",
+        ),
+        ("training", f"step {steps}" + (f"; {run}" if run else "")),
+        *_data_lines(card.data),
+        (
+            "validation",
+            NOT_RECORDED
+            if val is None
+            else f"best PSNR {val['psnr']:.2f} dB, SSIM {val['ssim']:.4f} (step {val['step']})",
+        ),
+        ("encoder", encoding),
+        *((f"digest {w}", d) for w, d in card.digests.items()),
+    ]
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def run(cfg: Any) -> int:
+    """Print the model card of ``cfg.checkpoint`` as text or JSON (``cfg.format``); returns 0."""
+    fmt = str(cfg.get("format", "text"))
+    if fmt not in FORMATS:
+        raise UsageError(f"format={fmt!r} is not one of {', '.join(FORMATS)}")
+    card = model_card(str(cfg.checkpoint))
+    print(json.dumps(card.to_dict(), indent=2) if fmt == "json" else render(card), flush=True)
+    return 0
