@@ -27,6 +27,7 @@ from medrecon.diffusion.samplers import (
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
+    sample_mmse,
 )
 from medrecon.nn import UNet
 
@@ -150,10 +151,64 @@ def test_sampler_config_defaults_and_validation():
         sample_ddim(gaussian_denoiser, torch.zeros(1, 2, 1, 1), [1.0, 0.5])
 
 
-@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp"])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp", "mmse"])
 def test_sampler_yaml_instantiates(name):
     cfg = instantiate(OmegaConf.load(CONF / f"{name}.yaml"))
     assert isinstance(cfg, SamplerConfig) and cfg.name == name and cfg.steps == DEFAULT_STEPS[name]
     override = instantiate(OmegaConf.load(CONF / f"{name}.yaml"), steps=3)
     out = override.run(gaussian_denoiser, torch.randn(2, 2, 1, 1), generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 2, 1, 1) and torch.isfinite(out).all()
+
+
+def test_mmse_one_step_is_the_denoiser_at_sigma_max():
+    """One evaluation: the (here exact) denoiser at sigma_max, i.e. E[x0 | x_sigma], close to the data mean."""
+    noise = torch.randn(64, 2, 1, 1, generator=torch.Generator().manual_seed(0))
+    cfg = build_sampler("mmse", 1, sigma_max=10.0)
+    torch.testing.assert_close(cfg.sigmas(), torch.tensor([10.0, 0.0], dtype=torch.float64))
+    out = cfg.run(gaussian_denoiser, noise)
+    torch.testing.assert_close(out, gaussian_denoiser(noise * 10.0, torch.full((64,), 10.0)))
+    # E[x0 | y] for Gaussian data: within s^2 / sigma^2 of the mean for |n| < 4
+    assert (out - MU).abs().max() < 4 * 10 * (S**2).max() / 100 + 1e-6
+
+
+def test_mmse_refinement_schedule_evaluations_and_determinism():
+    cfg = build_sampler("mmse", 5, sigma_max=10.0, sigma_refine=0.2, rho=2.0)
+    sigmas = cfg.sigmas()
+    assert sigmas.shape == (6,) and sigmas[0] == 10.0 and sigmas[1] == pytest.approx(0.2) and sigmas[-1] == 0
+    seen = []
+    noise = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    out = cfg.run(gaussian_denoiser, noise, callback=lambda i, s, x, d: seen.append((i, s)))
+    assert [i for i, _ in seen] == [0, 1, 2, 3, 4]  # steps == network evaluations
+    assert [s for _, s in seen] == pytest.approx(sigmas[:-1].tolist())
+    # renoise=0 is deterministic: no generator is consumed, any generator gives the same answer
+    again = cfg.run(gaussian_denoiser, noise, generator=torch.Generator().manual_seed(99))
+    torch.testing.assert_close(out, again)
+    # the refinement integrates the probability-flow ODE from sigma_refine, started at the one-step estimate:
+    # for Gaussian data that maps x to mu + s / sqrt(s^2 + sigma_refine^2) (x - mu) (DDIM: first-order error)
+    start = gaussian_denoiser(noise * 10.0, torch.full((3,), 10.0))
+    exact = MU + S / (S**2 + 0.2**2).sqrt() * (start - MU)
+    torch.testing.assert_close(out, exact, atol=2e-3, rtol=0)
+
+
+def test_mmse_renoise_draws_from_each_items_generator():
+    cfg = build_sampler("mmse", 3, sigma_max=10.0, sigma_refine=0.3, renoise=1.0)
+    noise = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    a = cfg.run(gaussian_denoiser, noise, generator=gens(5, 6))
+    b = cfg.run(gaussian_denoiser, noise.flip(0), generator=gens(6, 5))
+    torch.testing.assert_close(a, b.flip(0))  # an item's draw depends on its own generator only
+    c = cfg.run(gaussian_denoiser, noise, generator=gens(7, 8))
+    assert not torch.allclose(a, c)  # fresh noise: different draws per seed
+
+
+def test_mmse_options_are_validated():
+    with pytest.raises(ValueError, match="sigma_refine"):
+        build_sampler("mmse", 3, sigma_max=10.0, sigma_refine=20.0)
+    with pytest.raises(ValueError, match="renoise"):
+        build_sampler("mmse", 3, renoise=1.5)
+    with pytest.raises(ValueError, match="renoise"):
+        sample_mmse(gaussian_denoiser, torch.zeros(1, 2, 1, 1), [1.0, 0.5, 0.0], renoise=-1.0)
+    assert build_sampler("mmse", 1, sigma_refine=50.0).steps == 1  # sigma_refine unused by one step

@@ -199,7 +199,7 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
 }
 #: ddpm is the slow reference; ddim (eta=0) at 50 and DPM-Solver++(2M) at 20 bias a Gaussian test std by about
 #: 5 % (see docs/benchmarks.md, "Sampler accuracy on a known answer")
-DEFAULT_STEPS: dict[str, int] = {"ddpm": 1000, "ddim": 50, "dpmpp": 20, "mmse": 1}
+DEFAULT_STEPS: dict[str, int] = {"ddpm": 1000, "ddim": 50, "dpmpp": 20, "mmse": 5}
 
 
 @dataclass(frozen=True)

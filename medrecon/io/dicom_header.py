@@ -13,20 +13,25 @@ reads it whole (for pixels); both classify it the same way. A file that belongs 
 - ``unreadable``: the file cannot be opened or pydicom cannot parse it;
 - ``unsupported``: no SeriesInstanceUID.
 
-Defects that reject the file's whole series are recorded as ``FileHeader.problem``: colour, palette or
-float pixel data or a Modality LUT (``unsupported``); Rows/Columns over ``MAX_MATRIX``, more than
-``MAX_FRAMES`` frames or more than ``MAX_VOXELS`` voxels (``implausible_size``); uncompressed pixel data
-shorter than Rows x Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated / 8, or none at all
-(``truncated_pixels``, from the bytes left in the file after the header at scan time); a compressed transfer
-syntax without an installed decoder (``missing_codec``; ``unsupported`` when pydicom has no decoder for it);
-an enhanced image without one functional group per frame (``missing_geometry``).
+Defects that reject the file's whole series are recorded as ``FileHeader.problem``: a pixel description
+pydicom's decoders cannot use (SamplesPerPixel, PhotometricInterpretation, BitsAllocated, BitsStored or
+PixelRepresentation missing, or an integer attribute that is not one integer) or a RescaleSlope/Intercept
+that is present but not one finite number (``unreadable``); colour, palette or float pixel data, bit depths
+or a sign the decoders do not define, or a Modality LUT (``unsupported``); Rows/Columns over ``MAX_MATRIX``,
+more than ``MAX_FRAMES`` frames or more than ``MAX_VOXELS`` voxels (``implausible_size``); uncompressed pixel
+data shorter than Rows x Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated / 8, or none at all
+(``truncated_pixels``, from the bytes left in the file after the header at scan time), or longer by a whole
+frame or more (``decode_error``: pydicom would return extra frames); a compressed transfer syntax without an
+installed decoder (``missing_codec``; ``unsupported`` when pydicom has no decoder for it); an enhanced image
+without one functional group per frame (``missing_geometry``).
 
 Enhanced multi-frame images give one ``FrameHeader`` per frame, read from PerFrameFunctionalGroupsSequence,
 else SharedFunctionalGroupsSequence, else the top level (PlanePosition, PlaneOrientation, PixelMeasures,
 PixelValueTransformation, MREcho, frame type and CT acquisition details).
 
 Detail messages carry counts, sizes and SOP class or transfer syntax names only, never tag text or file
-names; :func:`quiet_pydicom` switches off pydicom's value validation, whose warnings quote tag text.
+names; :func:`quiet_pydicom` switches off pydicom's value validation and logging, whose warnings quote tag
+text.
 """
 
 from __future__ import annotations
