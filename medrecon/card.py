@@ -34,6 +34,10 @@ class DataSummary:
         spacing_median, spacing_min, spacing_max: per-axis median and range of the voxel spacing in mm along
             ``(I, J, K)`` -- the resolution the model was trained at; ``None`` when no record had a spacing.
         patch: the training patch size in voxels.
+        plane_spacing: ``(low, high)`` in-plane voxel spacing in mm the network saw: the training volumes'
+            spacing along the image-plane axes of the training items (:func:`plane_axes`), widened by the
+            in-plane scale augmentation (a zoom by ``s`` shows spacing ``d / s``); ``None`` when no record had a
+            spacing, or in cards written before the field (see :func:`training_plane_spacing`).
     """
 
     volumes: int
@@ -46,6 +50,7 @@ class DataSummary:
     spacing_min: tuple[float, ...] | None
     spacing_max: tuple[float, ...] | None
     patch: tuple[int, ...]
+    plane_spacing: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -118,8 +123,9 @@ _DATA = {
     "spacing_min": _SPACING,
     "spacing_max": _SPACING,
     "patch": Seq(Int(1, 10**5), 2, 3),
+    "plane_spacing": Seq(Float(0.0, 1e6), 2, 2),
 }
-_OPTIONAL = ("shape_min", "shape_max", "spacing_median", "spacing_min", "spacing_max")
+_OPTIONAL = ("shape_min", "shape_max", "spacing_median", "spacing_min", "spacing_max", "plane_spacing")
 
 
 def _data_summary(value: Mapping[str, Any]) -> DataSummary:
@@ -136,7 +142,14 @@ def _data_summary(value: Mapping[str, Any]) -> DataSummary:
 
 
 def summarize_data(
-    records: Sequence[Any], *, items: int, val_items: int, patch: Sequence[int]
+    records: Sequence[Any],
+    *,
+    items: int,
+    val_items: int,
+    patch: Sequence[int],
+    plane: Sequence[int] = (0, 1),
+    scale: Sequence[float] | None = None,
+    scale_p: float = 1.0,
 ) -> DataSummary:
     """The summary of the training records (manifest records with ``modality``, ``shape``, ``spacing``).
 
@@ -145,6 +158,9 @@ def summarize_data(
         items: training items (slices or patch sources) the data layer built from them.
         val_items: validation items scored during training.
         patch: the training patch size.
+        plane: the volume axes in the image plane of the training items (:func:`plane_axes`).
+        scale: the in-plane scale augmentation's ``(lo, hi)`` zoom range, or ``None``.
+        scale_p: the probability that a sample is zoomed (below 1 the native spacing is seen as well).
     """
     modalities = Counter(_code(getattr(r, "modality", None)) for r in records)
     # only values the card's schema accepts, so a card is always writable (and loadable)
@@ -157,6 +173,11 @@ def summarize_data(
     def floats(a: np.ndarray) -> tuple[float, ...]:
         return tuple(round(float(v), 6) for v in a)
 
+    plane_spacing = None
+    if len(spacings):
+        low = float(spacings[:, list(plane)].min())
+        high = float(spacings[:, list(plane)].max())
+        plane_spacing = widen_by_scale((low, high), scale, scale_p)
     return DataSummary(
         volumes=len(records),
         items=int(items),
@@ -168,6 +189,7 @@ def summarize_data(
         spacing_min=floats(spacings.min(0)) if len(spacings) else None,
         spacing_max=floats(spacings.max(0)) if len(spacings) else None,
         patch=tuple(int(p) for p in patch),
+        plane_spacing=None if plane_spacing is None else floats(np.asarray(plane_spacing)),
     )
 
 
@@ -186,3 +208,57 @@ def _code(modality: Any) -> str:
         return Text(max_len=16).check(code, "modality")
     except SchemaError:
         return "other"
+
+
+# ------------------------------------------------------------------------------------------------ spacing
+#: Reconstruct and evaluate warn about an input whose in-plane spacing (on the grid the network works on) lies
+#: outside ``[low / SPACING_TOLERANCE, high * SPACING_TOLERANCE]``, ``(low, high)`` the training range
+#: (:attr:`DataSummary.plane_spacing`); ``spacing_tolerance=`` changes it.
+SPACING_TOLERANCE = 1.5
+
+
+def plane_axes(spatial_dims: int, axis: int | str = 2) -> tuple[int, ...]:
+    """The volume axes ``(I, J, K)`` that lie in the image plane of a model's units.
+
+    2D slices along ``axis`` have the two other axes in plane (``axis="all"``: every axis is in the plane of
+    some slices); 3D patches have their first two axes in plane (the tasks' image plane).
+    """
+    if spatial_dims == 3:
+        return (0, 1)
+    slice_axes = (0, 1, 2) if axis == "all" else (int(axis),)
+    return tuple(a for a in range(3) if any(a != s for s in slice_axes))
+
+
+def widen_by_scale(
+    spacing: tuple[float, float], scale: Sequence[float] | None, p: float = 1.0
+) -> tuple[float, float]:
+    """The in-plane spacing range seen when samples of ``spacing`` are zoomed by factors in ``scale``
+    (a zoom by ``s`` shows ``d / s``); with ``p < 1`` the native range is seen too."""
+    if scale is None:
+        return spacing
+    low, high = spacing[0] / float(scale[1]), spacing[1] / float(scale[0])
+    if p < 1:
+        low, high = min(low, spacing[0]), max(high, spacing[1])
+    return low, high
+
+
+def training_plane_spacing(
+    card: TrainingCard | None, config: Mapping[str, Any] | None, spatial_dims: int
+) -> tuple[float, float] | None:
+    """The in-plane spacing range (mm) a model saw in training, or ``None`` when its checkpoint does not say.
+
+    The card's :attr:`DataSummary.plane_spacing`; for cards written before that field (no scale augmentation
+    existed then), the volumes' spacing range along the image-plane axes of the stored ``data.axis``.
+    Checkpoints without a card (or whose records had no spacing) give ``None``: unknown.
+    """
+    data = None if card is None else card.data
+    if data is None:
+        return None
+    if data.plane_spacing is not None:
+        return data.plane_spacing
+    if data.spacing_min is None or data.spacing_max is None:
+        return None
+    stored = (config or {}).get("data") if isinstance(config, Mapping) else None
+    axis = stored.get("axis", 2) if isinstance(stored, Mapping) else 2
+    plane = plane_axes(spatial_dims, axis if axis in (0, 1, 2, "all") else 2)
+    return min(data.spacing_min[a] for a in plane), max(data.spacing_max[a] for a in plane)

@@ -6,7 +6,8 @@ metadata (a str -> str map) holds:
 
 - ``format`` (``medrecon-checkpoint``), ``format_version``, ``medrecon_version``, ``step``, ``param_count``;
 - ``spec``: JSON of :class:`ModelSpec` (model config, task config, spatial dims, channels, 2.5D context,
-  ``sigma_data``) -- enough to rebuild the denoiser and the task without the original config files;
+  ``sigma_data``, training ``objective``) -- enough to rebuild the denoiser and the task without the original
+  config files, and to know which estimator the weights are (a diffusion model or a regression baseline);
 - ``encoder``: JSON of the intensity :class:`~medrecon.data.encoder.Encoder`;
 - ``config``: JSON of the resolved run config, with every file path reduced to its final name (so folder
   names, which users sometimes name after patients, never travel with a model). Manifests hold opaque ids
@@ -48,7 +49,17 @@ from medrecon.card import TrainingCard
 from medrecon.data.encoder import Encoder
 from medrecon.errors import UsageError
 from medrecon.io.atomic import atomic_path
-from medrecon.schema import Float, Int, SchemaError, Text, check_mapping, check_plain, quote, resolve
+from medrecon.schema import (
+    Choice,
+    Float,
+    Int,
+    SchemaError,
+    Text,
+    check_mapping,
+    check_plain,
+    quote,
+    resolve,
+)
 
 FORMAT = "medrecon-checkpoint"
 FORMAT_VERSION = "1"
@@ -84,12 +95,18 @@ _DTYPE_NAMES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+#: What the weights were trained to compute (``objective=``): ``diffusion``, the EDM denoiser that samplers
+#: integrate; ``regression``, the supervised baseline's one-evaluation map from the condition to the image
+#: (``medrecon.diffusion.regression``). Checkpoints written before the field existed are diffusion models.
+OBJECTIVES: tuple[str, ...] = ("diffusion", "regression")
+DIFFUSION_OBJECTIVE = OBJECTIVES[0]
 _SPEC_FIELDS = {
     "spatial_dims": Int(2, 3),
     "image_channels": Int(1, 16),
     "cond_channels": Int(0, 1024),
     "context": Int(0, 32),
     "sigma_data": Float(1e-6, 1e3),
+    "objective": Choice(OBJECTIVES),
 }
 
 
@@ -107,6 +124,8 @@ class ModelSpec:
         cond_channels: channels of the network's condition, ``task.cond_channels * (2 * context + 1)``.
         context: 2.5D neighbours on each side (0 for none).
         sigma_data: EDM's data standard deviation.
+        objective: :data:`OBJECTIVES`: ``diffusion`` (default, and what a spec without the field means) or
+            ``regression``.
 
     Raises:
         SchemaError: (a ``ValueError``) an unknown network or task, an unknown option, or a value of the
@@ -120,6 +139,7 @@ class ModelSpec:
     cond_channels: int
     context: int = 0
     sigma_data: float = 0.5
+    objective: str = DIFFUSION_OBJECTIVE
 
     def __post_init__(self) -> None:
         from medrecon.nn.registry import NETWORKS
@@ -622,7 +642,8 @@ def checkpoint_digest(path: str | os.PathLike[str], weights: str = "ema") -> str
     (canonical JSON) and the set's tensors (names, dtypes, shapes and bytes, in name order).
 
     The same weights give the same digest in any file (the step, the stored config and the other weight set
-    do not enter); other weights of the same size give another. Reads the file once, in 1 MiB chunks.
+    do not enter); other weights of the same size give another. A diffusion model's spec enters without its
+    ``objective`` (the field is newer than the digest), so a file keeps the digest it had before. Reads the file once, in 1 MiB chunks.
 
     Raises:
         UsageError: the file fails the header and metadata checks, or ``weights`` is not a weight set.
@@ -631,7 +652,10 @@ def checkpoint_digest(path: str | os.PathLike[str], weights: str = "ema") -> str
     header = read_header(path)
     meta = _checked(path, header)
     digest = hashlib.sha256()
-    described = {"spec": asdict(meta.spec), "encoder": meta.encoder.to_dict()}
+    spec = asdict(meta.spec)
+    if spec["objective"] == DIFFUSION_OBJECTIVE:  # the field is newer than the digest: same file, same digest
+        del spec["objective"]
+    described = {"spec": spec, "encoder": meta.encoder.to_dict()}
     digest.update(json.dumps(described, sort_keys=True).encode())
     prefix = f"{weights}."
     with open(path, "rb") as f:
@@ -654,6 +678,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_HEADER_BYTES",
     "MAX_PARAMETERS",
+    "OBJECTIVES",
     "WEIGHT_SETS",
     "CheckedCheckpoint",
     "CheckpointMetadata",

@@ -93,7 +93,7 @@ def _medrecon(args: list[str]) -> int:
 
 
 def run(cfg: Any) -> int:
-    """``medrecon demo [out=medrecon_demo] [device=auto] [sampler.steps=N] [samples=K]``."""
+    """``medrecon demo [out=medrecon_demo] [device=auto] [sampler=NAME] [steps=N] [samples=K]``."""
     from medrecon.checkpoint import load_checkpoint
     from medrecon.errors import UsageError
     from medrecon.io.dicom import read_dicom_dir

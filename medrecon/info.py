@@ -1,13 +1,14 @@
 """``medrecon info checkpoint=FILE [format=text|json]``: what a checkpoint is, read from its header alone.
 
-The model card (:func:`model_card`) says which task the model solves and with which options, which network
-(class, options, parameter count), its geometry (2D/3D, 2.5D context), how long it trained, on what data
-(volume and item counts, modalities, shape and voxel-spacing ranges: the resolution it was trained at), its
-best validation score, its intensity encoding, and the digest of each weight set (the identity ``medrecon
-reconstruct`` uses to decide whether finished items are still valid). Checkpoints written before the training
-card existed say "not recorded" for the data and validation. The file passes every loading check
-(``medrecon.checkpoint.check_checkpoint``) first; no weight is loaded into a network, and the card holds no
-ids or paths (the file is named by its final name only).
+The model card (:func:`model_card`) says which task the model solves and with which options, what the
+weights compute (the training ``objective``: a diffusion model sampled by reconstruct, or the supervised
+regression baseline evaluated once), which network (class, options, parameter count), its geometry (2D/3D,
+2.5D context), how long it trained, on what data (volume and item counts, modalities, shape and voxel-spacing
+ranges: the resolution it was trained at), its best validation score, its intensity encoding, and the digest
+of each weight set (the identity ``medrecon reconstruct`` uses to decide whether finished items are still
+valid). Checkpoints written before the training card existed say "not recorded" for the data and validation.
+The file passes every loading check (``medrecon.checkpoint.check_checkpoint``) first; no weight is loaded into
+a network, and the card holds no ids or paths (the file is named by its final name only).
 """
 
 from __future__ import annotations
@@ -17,10 +18,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from medrecon.card import SPACING_TOLERANCE
 from medrecon.errors import UsageError
 
 FORMATS = ("text", "json")
 NOT_RECORDED = "not recorded"
+OBJECTIVE_TEXT = {
+    "diffusion": "diffusion (conditional EDM denoiser: reconstruct samples it with sampler= and guidance=)",
+    "regression": "regression (supervised baseline: one network evaluation from the condition to the image)",
+}
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,8 @@ class ModelCard:
         format_version, medrecon_version: the checkpoint format and the medrecon that wrote it.
         step: optimiser steps the weights are from; ``planned_steps``: ``train.steps`` of the run (or None).
         task, task_name, task_options: the task's registry name, config name (``sr4x``) and options.
+        objective: ``diffusion`` or ``regression`` (``medrecon.checkpoint.OBJECTIVES``; checkpoints from before
+            the field are ``diffusion``).
         network, network_options, parameters: the network's registry name, options and parameter count.
         spatial_dims, image_channels, cond_channels, context, sigma_data: the denoiser's geometry.
         training: a few run options from the stored config (batch size, patch size, slice axis), when stored.
@@ -39,6 +47,10 @@ class ModelCard:
         validation: the best validation (PSNR dB, SSIM, step), or None: not recorded.
         encoder: the intensity encoder's options.
         digests: sha256 per weight set (``ema``, ``raw``), as ``medrecon.checkpoint.checkpoint_digest``.
+        plane_spacing: ``[low, high]`` in-plane spacing (mm) the network saw in training, scale augmentation
+            included (``medrecon.card.training_plane_spacing``), or None: not recorded.
+        spacing_band: ``[low, high]`` mm outside which reconstruct and evaluate flag an input (the training
+            range widened by ``medrecon.card.SPACING_TOLERANCE``), or None.
     """
 
     file: str
@@ -49,6 +61,7 @@ class ModelCard:
     task: str
     task_name: str
     task_options: dict[str, Any]
+    objective: str
     network: str
     network_options: dict[str, Any]
     parameters: int
@@ -62,6 +75,8 @@ class ModelCard:
     validation: dict[str, Any] | None
     encoder: dict[str, Any]
     digests: dict[str, str]
+    plane_spacing: list[float] | None = None
+    spacing_band: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (``format=json``)."""
@@ -84,6 +99,7 @@ def model_card(path: str | Path) -> ModelCard:
     Raises:
         UsageError: the file is missing or fails a check (one line).
     """
+    from medrecon.card import training_plane_spacing
     from medrecon.checkpoint import WEIGHT_SETS, check_checkpoint, checkpoint_digest
 
     checked = check_checkpoint(path)
@@ -91,6 +107,7 @@ def model_card(path: str | Path) -> ModelCard:
     task = spec.build_task()
     card = meta.card
     config = meta.config
+    plane = training_plane_spacing(card, config, spec.spatial_dims)
     planned = _stored(config, "train.steps")
     training = {
         "batch_size": _stored(config, "train.batch_size"),
@@ -106,6 +123,7 @@ def model_card(path: str | Path) -> ModelCard:
         task=str(spec.task["_target_"]),
         task_name=str(getattr(task, "name", "")),
         task_options={k: v for k, v in spec.task.items() if k != "_target_"},
+        objective=spec.objective,
         network=str(spec.model["_target_"]),
         network_options={k: v for k, v in spec.model.items() if k != "_target_"},
         parameters=checked.parameters,
@@ -119,6 +137,8 @@ def model_card(path: str | Path) -> ModelCard:
         validation=None if card is None or card.validation is None else asdict(card.validation),
         encoder=meta.encoder.to_dict(),
         digests={w: checkpoint_digest(path, w) for w in WEIGHT_SETS},
+        plane_spacing=None if plane is None else [float(v) for v in plane],
+        spacing_band=None if plane is None else [plane[0] / SPACING_TOLERANCE, plane[1] * SPACING_TOLERANCE],
     )
 
 
@@ -147,6 +167,16 @@ def _data_lines(data: dict[str, Any] | None) -> list[tuple[str, str]]:
     return [("training data", text), ("spacing", spacing)]
 
 
+def _plane_line(plane: list[float] | None, band: list[float] | None) -> str:
+    if plane is None or band is None:
+        return f"{NOT_RECORDED} (reconstruct and evaluate do not check input spacing)"
+    return (
+        f"{plane[0]:.4g}-{plane[1]:.4g} mm seen in training (scale augmentation included); reconstruct and "
+        f"evaluate flag inputs outside {band[0]:.4g}-{band[1]:.4g} mm on the output grid (spacing_tolerance="
+        f"{SPACING_TOLERANCE:g}, the default)"
+    )
+
+
 def render(card: ModelCard) -> str:
     """The card as aligned ``label  value`` lines (``format=text``)."""
     enc = card.encoder
@@ -165,6 +195,7 @@ def render(card: ModelCard) -> str:
             f"medrecon-checkpoint v{card.format_version}, written by medrecon {card.medrecon_version}",
         ),
         ("task", f"{card.task_name} ({card.task}): {_options(card.task_options)}"),
+        ("objective", OBJECTIVE_TEXT.get(card.objective, card.objective)),
         ("network", f"{card.network}, {card.parameters:,} parameters: {_options(card.network_options)}"),
         (
             "geometry",
@@ -173,6 +204,7 @@ def render(card: ModelCard) -> str:
         ),
         ("training", f"step {steps}" + (f"; {run}" if run else "")),
         *_data_lines(card.data),
+        ("plane spacing", _plane_line(card.plane_spacing, card.spacing_band)),
         (
             "validation",
             NOT_RECORDED

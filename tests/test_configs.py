@@ -138,6 +138,23 @@ def test_demo_experiment_holds_out_a_slab():
     assert cfg.task.factor == 4 and cfg.data.patch_size % 8 == 0
 
 
+def test_demo_denoise_is_rician_mr_noise_on_the_sr4x_slabs():
+    sr4x = composed("train", ["+experiment=demo_sr4x"])
+    cfg = composed("train", ["+experiment=demo_denoise"])
+    task = instantiate(cfg.task)
+    assert type(task).__name__ == "DenoiseTask" and task.noise == "rician" and 0.0 < task.sigma <= 0.1
+    assert cfg.data.slice_split == sr4x.data.slice_split and cfg.data.axis == sr4x.data.axis
+    assert cfg.train.steps == sr4x.train.steps and cfg.guidance.name == "none"
+
+
+def test_demo_thick_slices_averages_through_plane_on_coronal_slices():
+    cfg = composed("train", ["+experiment=demo_thick_slices"])
+    task = instantiate(cfg.task)
+    assert type(task).__name__ == "ThickSliceTask" and task.spatial_dims == 2
+    # a 2D ThickSliceTask averages the last image axis; coronal slices (axis 1) are (I, K): K is averaged
+    assert cfg.data.axis == 1 and cfg.data.slice_split.axis == 1 and cfg.data.patch_size % task.factor == 0
+
+
 def test_slurm_launcher_config():
     raw = OmegaConf.load(CONF / "hydra" / "launcher" / "slurm.yaml")
     assert raw._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"

@@ -171,3 +171,23 @@ def test_evaluate_usage_errors(manifest, tmp_path):
     assert (
         evaluate(f"manifest={manifest}", f"out={tmp_path}/d", "task=sr2x", "split=train") == 2
     )  # empty split
+
+
+def test_figures_leave_the_matplotlib_backend_alone(tmp_path):
+    """A notebook's backend (inline, widget, ...) survives importing and using medrecon's figure code."""
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib; matplotlib.use('svg')\n"
+        "import numpy as np\n"
+        "import medrecon.evaluate.figures as f, medrecon.evaluate.run\n"
+        "g = np.random.default_rng(0).random((16, 12)).astype('float32')\n"
+        f"f.save_panel({str(tmp_path / 'p.png')!r}, ground_truth=g, images={{'bicubic': g * 0.9}})\n"
+        "import matplotlib.pyplot as plt\n"
+        "print(matplotlib.get_backend(), len(plt.get_fignums()))\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MPLBACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["svg", "0"]
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

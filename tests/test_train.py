@@ -176,6 +176,11 @@ def test_resume_modes_and_what_counts_as_the_same_configuration():
     assert config_differences(stored, requeued) == []
     other = {**requeued, "train": {"steps": 20, "lr": 1e-3}, "model": {"channels": [8]}}
     assert config_differences(stored, other) == ["model.channels", "train.steps"]
+    # options added later: a run stored before them holds the value that reproduces it, any other differs
+    newer = {**requeued, "objective": "diffusion", "loss": {"mmse_fraction": 0.0}}
+    assert config_differences(stored, newer) == []
+    changed = {**requeued, "loss": {"mmse_fraction": 0.25}, "data": {"augment": {"scale": [0.6, 1.5]}}}
+    assert config_differences(stored, changed) == ["data.augment.scale", "loss.mmse_fraction"]
 
 
 def test_dataloader_workers_do_not_change_what_is_trained(manifest, tmp_path):

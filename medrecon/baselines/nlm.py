@@ -5,8 +5,9 @@ finest diagonal detail coefficient / 0.6745) - what ``skimage.restoration.estima
 out with a Haar wavelet because ``estimate_sigma`` needs PyWavelets, an optional scikit-image dependency
 medrecon does not otherwise need.
 
-NLM is the classical denoiser here instead of BM3D: the ``bm3d`` package is licensed for non-commercial use
-only and ships a closed binary, which an Apache-2.0 toolkit cannot depend on.
+NLM is the classical denoiser here instead of BM3D: the ``bm3d`` package (4.0.3, and the ``bm4d`` package it
+wraps) is licensed for non-commercial use only and ships the algorithm as closed binaries, which an Apache-2.0
+toolkit cannot depend on, not even as an optional extra (docs/physics.md).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from medrecon.card import DataSummary, summarize_data
+from medrecon.card import DataSummary, plane_axes, summarize_data
 from medrecon.data.datasets import (
     Augment,
     Foreground,
@@ -210,5 +210,13 @@ def build_training_data(data_cfg: Any, manifest: str | Path, scale: Sequence[int
         context=context,
         patch=patch,
         num_volumes=len(train_records),
-        summary=summarize_data(train_records, items=len(train), val_items=len(val_keys), patch=patch),
+        summary=summarize_data(
+            train_records,
+            items=len(train),
+            val_items=len(val_keys),
+            patch=patch,
+            plane=plane_axes(spatial_dims, axis_key),
+            scale=None if augment is None else augment.scale,
+            scale_p=1.0 if augment is None else augment.p,
+        ),
     )

@@ -1,7 +1,8 @@
 """Map-style datasets of encoded 2D slices (optionally with 2.5D context) and 3D patches.
 
 A training key is ``(item, seed)``: the sampler draws which slice/volume and a per-sample seed for the random
-crop, flips and rotations, so every sample is reproducible and independent of the DataLoader worker. An
+crop and the augmentations (``medrecon.data.augment``: flips, rotations, in-plane rescaling, gamma, bias
+field), so every sample is reproducible and independent of the DataLoader worker. An
 ``int`` key is an evaluation sample: centred crop, no augmentation. Samples are ``(C, *patch)`` float32
 tensors in [-1, 1]: ``C = 1``, or ``2 * context + 1`` neighbouring slices (centre in the middle) for 2.5D
 context.
@@ -16,9 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medrecon.data.augment import Augment
 from medrecon.data.regions import Region, unit_problem
 from medrecon.data.source import VolumeCache
-from medrecon.data.transforms import crop_or_pad, random_flip_rot90
+from medrecon.data.transforms import crop_or_pad, random_flip_rot90, resize_plane
 
 Key = int | tuple[int, int]
 
@@ -48,14 +50,6 @@ class Foreground:
     def fraction(self, array: np.ndarray, axes: tuple[int, ...] | None = None) -> np.ndarray | float:
         """Foreground fraction of an encoded array, reduced over ``axes`` (all when None)."""
         return np.mean(array > (-1.0 + 2.0 * self.threshold), axis=axes)
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Random flips and 90-degree in-plane rotations (``data.augment``)."""
-
-    flip: bool = True
-    rot90: bool = True
 
 
 @dataclass(frozen=True)
@@ -118,9 +112,14 @@ class SliceDataset(Dataset):
         n = view.shape[ref.axis]
         idx = np.clip(np.arange(ref.index - self.context, ref.index + self.context + 1), 0, n - 1)
         stack = np.moveaxis(np.take(view, idx, axis=ref.axis), ref.axis, 0)
-        if rng is not None and self.augment is not None:
-            stack = random_flip_rot90(stack, rng, self.augment.flip, self.augment.rot90)
-        return _to_tensor(crop_or_pad(stack, self.patch, rng))
+        aug = self.augment if rng is not None else None
+        if aug is not None:
+            stack = random_flip_rot90(stack, rng, aug.flip, aug.rot90)
+            factor = aug.draw_scale(rng)
+            if factor is not None:  # the zoomed window has the patch size: the crop below draws nothing
+                stack = aug.zoom(stack, self.patch, factor, rng)
+        sample = crop_or_pad(stack, self.patch, rng)
+        return _to_tensor(sample if aug is None else aug.intensity(sample, rng))
 
 
 class PatchDataset(Dataset):
@@ -149,11 +148,14 @@ class PatchDataset(Dataset):
         """The id of the manifest record sample ``i`` comes from (for messages about the data)."""
         return str(getattr(self.cache.records[self.regions[i].volume], "id", "?"))
 
-    def _position(self, view: np.ndarray, rng: np.random.Generator) -> tuple[slice, ...]:
+    def _position(
+        self, view: np.ndarray, rng: np.random.Generator, size: Sequence[int] | None = None
+    ) -> tuple[slice, ...]:
         best, best_fg = None, -1.0
+        size = self.patch if size is None else tuple(size)
         for _ in range(max(1, self.tries)):
-            start = [int(rng.integers(0, max(1, n - p + 1))) for n, p in zip(view.shape, self.patch)]
-            box = tuple(slice(s, s + p) for s, p in zip(start, self.patch))
+            start = [int(rng.integers(0, max(1, n - p + 1))) for n, p in zip(view.shape, size)]
+            box = tuple(slice(s, s + p) for s, p in zip(start, size))
             if self.foreground is None:
                 return box
             fg = float(self.foreground.fraction(view[box]))
@@ -167,13 +169,21 @@ class PatchDataset(Dataset):
         i, rng = _split_key(key)
         region = self.regions[i]
         view = region.view(self.cache.get(region.volume))
+        aug = self.augment if rng is not None else None
         if rng is None:  # centred patch (crop_or_pad centres)
             patch = view[None]
         else:
-            patch = view[self._position(view, rng)][None]
-            if self.augment is not None:
-                patch = random_flip_rot90(patch, rng, self.augment.flip, self.augment.rot90)
-        return _to_tensor(crop_or_pad(patch, self.patch, None))
+            factor = aug.draw_scale(rng) if aug is not None else None
+            if factor is None:
+                patch = view[self._position(view, rng)][None]
+            else:  # a window of patch / factor voxels in plane, resampled to the patch
+                window = aug.window(self.patch, factor)
+                patch = view[self._position(view, rng, window)][None]
+                patch = resize_plane(crop_or_pad(patch, window, None), self.patch[:2])
+            if aug is not None:
+                patch = random_flip_rot90(patch, rng, aug.flip, aug.rot90)
+        patch = crop_or_pad(patch, self.patch, None)
+        return _to_tensor(patch if aug is None else aug.intensity(patch, rng))
 
 
 def slice_index(

@@ -1,8 +1,10 @@
-"""Per-sample array transforms: crop/pad to the patch size, random flips and 90-degree rotations.
+"""Per-sample array transforms: crop/pad to the patch size, random flips and 90-degree rotations, in-plane
+resizing.
 
 They act on ``(C, *S)`` numpy arrays and draw from an explicit ``numpy.random.Generator`` seeded per sample
-(not MONAI's stateful random transforms), so a sample is a pure function of ``(index, seed)``: the same in any
-DataLoader worker and after a resume.
+(never from MONAI's own random state), so a sample is a pure function of ``(index, seed)``: the same in any
+DataLoader worker and after a resume. :func:`resize_plane` is deterministic (MONAI's ``Resize``); the training
+augmentations that draw their parameters are in ``medrecon.data.augment``.
 """
 
 from __future__ import annotations
@@ -84,3 +86,34 @@ def random_flip_rot90(
         # patch would move the source's anisotropic resolution into the plane
         x = np.rot90(x, k=int(rng.integers(4)), axes=(1, 2))
     return x
+
+
+def resize_plane(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Resample the image plane (the first two spatial axes) of ``(C, *S)`` to ``size``; other axes are kept.
+
+    Each plane axis is resampled on its own with ``monai.transforms.Resize``: ``area`` (the mean over each new
+    voxel's footprint, an anti-aliased shrink, like the tasks' block mean) where it shrinks, linear
+    interpolation (``align_corners=False``: voxel centres, the grid's outer faces kept) where it grows. Neither
+    pads, so a border is never mixed with a fill value, and neither overshoots the input's range.
+
+    Args:
+        x: ``(C, *S)`` with 2 or 3 spatial axes.
+        size: the new sizes of the first two spatial axes (each >= 1).
+
+    Returns:
+        ``(C, size[0], size[1], *S[2:])`` float32 (``x`` itself when the sizes are unchanged).
+    """
+    from monai.transforms import Resize
+
+    spatial = list(x.shape[1:])
+    if len(size) != 2 or len(spatial) not in (2, 3) or any(int(n) < 1 for n in size):
+        raise ValueError(f"cannot resize the plane of shape {tuple(x.shape)} to {tuple(size)}")
+    out = np.asarray(x, dtype=np.float32)
+    for axis, new in enumerate(int(n) for n in size):
+        if new == spatial[axis]:
+            continue
+        grows = new > spatial[axis]
+        spatial[axis] = new
+        mode = ("bilinear" if len(spatial) == 2 else "trilinear") if grows else "area"
+        out = np.asarray(Resize(tuple(spatial), mode=mode, align_corners=False if grows else None)(out))
+    return out

@@ -1,4 +1,5 @@
-"""Diffusion: EDM preconditioning and loss, noise schedule, samplers, guidance wrappers, posterior statistics.
+"""Diffusion: EDM preconditioning and loss, noise schedule, samplers, guidance wrappers, posterior statistics,
+and the supervised regression baseline that shares the preconditioned network.
 
 Torch only (no Hydra, no training imports). The contract between the pieces is the denoiser
 ``D(x (B, C, *S), sigma (B,)) -> x0_hat (B, C, *S)`` with the condition bound in advance.
@@ -16,6 +17,7 @@ from medrecon.diffusion.guidance import (
 from medrecon.diffusion.loss import EDMLoss
 from medrecon.diffusion.posterior import PosteriorResult, posterior_sample
 from medrecon.diffusion.precond import EDMPrecond
+from medrecon.diffusion.regression import RegressionLoss, regression_estimate
 from medrecon.diffusion.samplers import (
     SamplerConfig,
     build_sampler,
@@ -31,6 +33,7 @@ __all__ = [
     "EDMPrecond",
     "GuidanceConfig",
     "PosteriorResult",
+    "RegressionLoss",
     "SamplerConfig",
     "append_dims",
     "build_sampler",
@@ -42,6 +45,7 @@ __all__ = [
     "karras_sigmas",
     "posterior_sample",
     "randn_like",
+    "regression_estimate",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",

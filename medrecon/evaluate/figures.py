@@ -41,10 +41,9 @@ def save_panel(
         uncertainty: ``(H, W)`` posterior standard deviation, or ``None``.
         title: a figure title (ids only, never tag text).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    # an explicit non-interactive canvas: pyplot (and the process-wide backend a notebook uses) stays untouched
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     names = list(images)
     if not names:
@@ -58,7 +57,9 @@ def save_panel(
     if uncertainty is not None:
         panels.append(("uncertainty (std)", uncertainty, "std"))
     lo, hi = _window(ground_truth)
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.9 * len(panels), 2.2), squeeze=False)
+    fig = Figure(figsize=(1.9 * len(panels), 2.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (label, image, kind) in zip(axes[0], panels):
         # rows of the array are the first (i) axis: show it transposed so i runs left-right like a viewer
         shown = np.asarray(image, dtype=np.float32).T
@@ -80,5 +81,4 @@ def save_panel(
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
     return Path(path)

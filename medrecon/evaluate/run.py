@@ -1,7 +1,10 @@
 """``medrecon evaluate``: degrade ground truth, reconstruct it with every method, score, report and draw.
 
-``medrecon evaluate manifest=FILE.jsonl out=DIR [checkpoint=FILE] [task=TASK] [split=test]
-[methods=[diffusion,bicubic,...]] [slices=[a,b]] [sampler=... guidance=... samples=K]`` (docs/usage.md).
+``medrecon evaluate manifest=FILE.jsonl out=DIR [checkpoint=FILE] [supervised_checkpoint=FILE] [task=TASK]
+[split=test] [methods=[diffusion,bicubic,...]] [slices=[a,b]] [sampler=... guidance=... samples=K]``
+(docs/usage.md). ``supervised_checkpoint`` (a regression model, ``objective=regression``) adds the method
+``supervised``: one network evaluation with the same guidance; a regression model given as ``checkpoint=``
+is evaluated as ``supervised`` too.
 
 Per volume (the records and slices ``medrecon.evaluate.selection`` picks): the ground truth is encoded with
 the checkpoint's encoder (else ``encoder``) fitted on the whole volume, cut into units along the slice axis
@@ -54,6 +57,8 @@ class EvalItem:
     stds: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     failed: bool = False
+    spacing: Any = None  # its SpacingPlan (medrecon.recon.spacing)
+    model_meas: Any = None  # spacing=auto: the measurement on the training grid, what the methods see
 
 
 def _container(node: Any) -> Any:
@@ -61,9 +66,20 @@ def _container(node: Any) -> Any:
 
 
 def prepare_item(
-    record: Any, index: int, rule: Any, layout: Any, task: Any, encoder: Any, context: int, seed: int
+    record: Any,
+    index: int,
+    rule: Any,
+    layout: Any,
+    task: Any,
+    encoder: Any,
+    context: int,
+    seed: int,
+    spacing: Any = None,
 ) -> tuple[EvalItem, Any]:
     """Load, encode, cut and degrade one volume; returns the item and the 2.5D condition (or ``None``).
+
+    ``spacing`` (a ``medrecon.recon.spacing.SpacingPolicy``) checks the volume's in-plane spacing and, with
+    ``spacing=auto``, resamples the measurement to the training grid (the results come back with ``to_native``).
 
     Raises:
         RejectedInput: the volume cannot be read, or has too few slices for the model, the task's
@@ -73,6 +89,7 @@ def prepare_item(
     from medrecon.io.errors import Reason, RejectedInput
     from medrecon.io.finite import fill_nan
     from medrecon.recon.measure import degrade_units, stacked_conditions, unit_seeds
+    from medrecon.recon.spacing import SpacingPolicy
 
     volume = load_item(record, keep_nan=True)  # NaN marks voxels without ground truth: keep where they are
     array = np.asarray(volume.array, dtype=np.float32)
@@ -112,7 +129,10 @@ def prepare_item(
     meas_ext = degrade_units(task, x, unit_seeds(record.id, x.shape[0], seed, "degrade", start=ext_start))
     offset = axis_lo - ext_start
     rows = list(range(offset, offset + count))
-    cond = stacked_conditions(task, meas_ext, context)
+    box_shape = [h - l for l, h in zip(lo, hi)]
+    plan = (spacing or SpacingPolicy()).inspect(record.id, volume.affine, box_shape, layout)
+    model_ext = plan.measurement(meas_ext)  # the same measurement unless spacing=auto resamples it
+    cond = stacked_conditions(task, model_ext, context)
     meas = meas_ext.index(rows)
     gt_box = tuple(slice(l, h) for l, h in zip(lo, hi))
     gt = array[gt_box]
@@ -128,6 +148,8 @@ def prepare_item(
         start=axis_lo,
         valid=None if valid is None or valid.all() else np.ascontiguousarray(valid),
         replaced=replaced,
+        spacing=plan,
+        model_meas=model_ext.index(rows) if plan.resamples else None,
     )
     return item, (None if cond is None else cond[rows])
 
@@ -149,6 +171,9 @@ def run(cfg: DictConfig) -> int:
     )
     from medrecon.evaluate.selection import (
         DIFFUSION,
+        MODEL_METHODS,
+        SUPERVISED,
+        check_supervised,
         excluded_note,
         rejected_records,
         resolve_methods,
@@ -159,9 +184,10 @@ def run(cfg: DictConfig) -> int:
     from medrecon.io.finite import NonFiniteOutput, require_finite
     from medrecon.recon.engine import Engine, Job, describe
     from medrecon.recon.measure import unit_seeds
-    from medrecon.recon.methods import BaselineMethod, DiffusionMethod
+    from medrecon.recon.methods import BaselineMethod, DiffusionMethod, model_method
     from medrecon.recon.run import bool_option, checkpoint_axis, output_dir, resolve_task, scrub
     from medrecon.recon.slicing import Layout
+    from medrecon.recon.spacing import flagged_entry, report_note, spacing_policy
 
     if not Path(str(cfg.manifest)).is_file():
         raise UsageError(f"manifest={cfg.manifest} does not exist (write one with 'medrecon prepare')")
@@ -178,11 +204,28 @@ def run(cfg: DictConfig) -> int:
         from medrecon.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(str(cfg.checkpoint), device=device, weights=str(cfg.weights))
-    task = resolve_task(cfg, loaded)
-    names, notes = resolve_methods(cfg.get("methods"), task, loaded is not None)
-    spatial_dims = loaded.spatial_dims if loaded is not None else int(task.spatial_dims)
-    layout = Layout(spatial_dims=spatial_dims, axis=checkpoint_axis(loaded, cfg.get("axis")))
-    rule = slice_rule(cfg, loaded)
+    supervised, supervised_path = None, cfg.get("supervised_checkpoint")
+    supervised_label = f"supervised_checkpoint={Path(str(supervised_path)).name}"
+    if loaded is not None and loaded.spec.objective == "regression":
+        if supervised_path:
+            raise UsageError(
+                f"checkpoint={Path(str(cfg.checkpoint)).name} is a regression model: give the diffusion model "
+                "as checkpoint= and the regression model as supervised_checkpoint="
+            )
+        log.info("checkpoint= is a regression model (objective=regression): evaluated as method supervised")
+        supervised, supervised_path, loaded = loaded, str(cfg.checkpoint), None
+        supervised_label = f"checkpoint={Path(supervised_path).name}"
+    elif supervised_path:
+        from medrecon.checkpoint import load_checkpoint
+
+        supervised = load_checkpoint(str(supervised_path), device=device, weights=str(cfg.weights))
+        check_supervised(supervised, loaded, str(supervised_path), cfg.get("axis"))
+    model = loaded if loaded is not None else supervised  # task, geometry, encoder and slice split
+    task = resolve_task(cfg, model)
+    names, notes = resolve_methods(cfg.get("methods"), task, loaded is not None, supervised is not None)
+    spatial_dims = model.spatial_dims if model is not None else int(task.spatial_dims)
+    layout = Layout(spatial_dims=spatial_dims, axis=checkpoint_axis(model, cfg.get("axis")))
+    rule = slice_rule(cfg, model)
     methods: dict[str, Any] = {}
     try:
         for name in names:
@@ -196,11 +239,24 @@ def run(cfg: DictConfig) -> int:
                     precision=precision,
                     compile=bool_option(cfg, "compile"),
                 )
+            elif name == SUPERVISED:  # deterministic: samples= applies to diffusion only
+                methods[name] = model_method(
+                    supervised,
+                    task,
+                    None,
+                    instantiate(cfg.guidance),
+                    precision=precision,
+                    compile=bool_option(cfg, "compile"),
+                    log=log,
+                    label=supervised_label,
+                )
             else:
                 methods[name] = BaselineMethod(name, task)
     except ValueError as err:
         raise UsageError(str(err)) from err
-    context = loaded.context if loaded is not None else 0
+    context = model.context if model is not None else 0
+    spacing = spacing_policy(cfg, model, task)
+    flagged: list[dict[str, Any]] = []  # volumes outside the training spacing (ids only)
 
     from medrecon.data.source import read_records
 
@@ -274,6 +330,8 @@ def run(cfg: DictConfig) -> int:
         except NonFiniteOutput as err:
             on_fail(job, err.reason, str(err))
             return
+        if item.spacing is not None:  # spacing=auto: back from the training grid to the ground truth's
+            mean, std = item.spacing.to_native(mean), item.spacing.to_native(std)
         item.results[name] = item.to_volume(item.encoder.decode(mean[:, 0].numpy()))
         if std is not None:
             scale = (float(item.encoder.high) - float(item.encoder.low)) / 2.0
@@ -303,9 +361,9 @@ def run(cfg: DictConfig) -> int:
     started = time.perf_counter()
     for record in records:
         try:
-            base = loaded.encoder if loaded is not None else build_encoder(encoder_cfg, record.modality)
+            base = model.encoder if model is not None else build_encoder(encoder_cfg, record.modality)
             item, cond = prepare_item(
-                record, len(engine_jobs), rule, layout, task, base, context, int(cfg.seed)
+                record, len(engine_jobs), rule, layout, task, base, context, int(cfg.seed), spacing
             )
         except RejectedInput as err:
             failed.append(
@@ -317,15 +375,17 @@ def run(cfg: DictConfig) -> int:
             failed.append({"id": record.id, "method": "", "reason": "error", "detail": scrub(describe(err))})
             log.warning("volume %s skipped: %s", record.id, scrub(describe(err)))
             continue
+        if item.spacing.outside:
+            flagged.append(flagged_entry(item.id, item.spacing))
         seeds = unit_seeds(record.id, item.meas.y.shape[0], int(cfg.seed), "sample", start=item.start)
         item.pending = set(names)
         jobs = [
             Job(
                 key=f"{record.id}/{name}",
                 method=name,
-                meas=item.meas,
+                meas=item.meas if item.model_meas is None else item.model_meas,
                 seeds=seeds,
-                cond=cond if name == DIFFUSION else None,
+                cond=cond if name in MODEL_METHODS else None,
                 context=item,
             )
             for name in names
@@ -347,21 +407,27 @@ def run(cfg: DictConfig) -> int:
     if nan_volumes:
         notes = [*notes, nonfinite_note(nonfinite)]
         log.info("%s", notes[-1])
+    spacing_note = report_note(spacing, flagged, len(records))
+    if spacing_note:
+        notes = [*notes, spacing_note]
     config = {
         "manifest": Path(str(cfg.manifest)).name,
-        "checkpoint": Path(str(cfg.checkpoint)).name if cfg.get("checkpoint") else None,
+        "checkpoint": Path(str(cfg.checkpoint)).name if loaded is not None else None,
         "checkpoint_step": loaded.step if loaded is not None else None,
-        "task_config": dict(loaded.spec.task) if loaded is not None else _container(cfg.get("task")),
+        "supervised_checkpoint": Path(str(supervised_path)).name if supervised is not None else None,
+        "supervised_step": supervised.step if supervised is not None else None,
+        "task_config": dict(model.spec.task) if model is not None else _container(cfg.get("task")),
         "methods": names,
         "sampler": _container(cfg.sampler) if DIFFUSION in names else None,
-        "guidance": _container(cfg.guidance) if DIFFUSION in names else None,
+        "guidance": _container(cfg.guidance) if set(MODEL_METHODS) & set(names) else None,
         "samples": int(cfg.samples),
-        "precision": precision if DIFFUSION in names else None,
+        "precision": precision if set(MODEL_METHODS) & set(names) else None,
         "device": device.type,
         "seed": int(cfg.seed),
         "axis": layout.axis,
         "spatial_dims": layout.spatial_dims,
         "selection": rule.describe(),
+        "spacing": {**spacing.describe(), "outside": flagged},
         "foreground": {"fraction": float(fg.get("fraction", 0.05)), "dilation": int(fg.get("dilation", 2))},
         "seconds": round(time.perf_counter() - started, 3),
     }

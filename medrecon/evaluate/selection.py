@@ -2,8 +2,10 @@
 
 Methods: ``methods=null`` takes the task family's default list (super-resolution and thick slices:
 ``input, bicubic, tv, diffusion``; MRI: ``zero_filled, tv, diffusion``; denoising: ``input, nlm, tv,
-diffusion``), without ``diffusion`` when no checkpoint is given. Baselines that do not apply to the task are
-left out with a note.
+diffusion``), without ``diffusion`` when no checkpoint is given. ``supervised_checkpoint=FILE`` adds
+``supervised`` (a regression model of the same task and data options, :func:`check_supervised`) before
+``diffusion``, whether ``methods`` is given or not. Baselines that do not apply to the task are left out with
+a note.
 
 Volumes and slices, in order of precedence:
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -28,6 +31,8 @@ from medrecon.errors import UsageError
 from medrecon.io.errors import Reason, RejectedInput
 
 DIFFUSION = "diffusion"
+SUPERVISED = "supervised"
+MODEL_METHODS = (DIFFUSION, SUPERVISED)
 
 
 def default_methods(task: Any) -> list[str]:
@@ -42,11 +47,14 @@ def default_methods(task: Any) -> list[str]:
     return ["input", "bicubic", "tv", DIFFUSION]
 
 
-def resolve_methods(requested: Any, task: Any, has_checkpoint: bool) -> tuple[list[str], list[str]]:
+def resolve_methods(
+    requested: Any, task: Any, has_checkpoint: bool, has_supervised: bool = False
+) -> tuple[list[str], list[str]]:
     """The methods to run and notes about the ones left out.
 
     Raises:
-        UsageError: an unknown method name, or ``diffusion`` asked for explicitly without a checkpoint.
+        UsageError: an unknown method name, or ``diffusion`` (``supervised``) asked for explicitly without a
+            checkpoint (supervised checkpoint).
     """
     from medrecon.baselines import BASELINES
     from medrecon.baselines.applies import APPLIES_TO, applies
@@ -61,20 +69,67 @@ def resolve_methods(requested: Any, task: Any, has_checkpoint: bool) -> tuple[li
         if isinstance(requested, ListConfig):
             requested = OmegaConf.to_container(requested)
         names = [str(m) for m in (requested if isinstance(requested, (list, tuple)) else [requested])]
-        unknown = [m for m in names if m != DIFFUSION and m not in BASELINES]
+        unknown = [m for m in names if m not in MODEL_METHODS and m not in BASELINES]
         if unknown:
-            raise UsageError(f"methods={unknown} unknown; choose from {DIFFUSION}, {', '.join(BASELINES)}")
+            raise UsageError(
+                f"methods={unknown} unknown; choose from {', '.join(MODEL_METHODS)}, {', '.join(BASELINES)}"
+            )
         if DIFFUSION in names and not has_checkpoint:
             raise UsageError("methods includes diffusion, which needs checkpoint=FILE")
+        if SUPERVISED in names and not has_supervised:
+            raise UsageError("methods includes supervised, which needs supervised_checkpoint=FILE")
+    if has_supervised and SUPERVISED not in names:
+        names.insert(names.index(DIFFUSION) if DIFFUSION in names else len(names), SUPERVISED)
     chosen = []
     for name in dict.fromkeys(names):
-        if name != DIFFUSION and not applies(name, task):
+        if name not in MODEL_METHODS and not applies(name, task):
             notes.append(f"{name} skipped: it applies to {APPLIES_TO[name][1]}, not to task {task.name}")
             continue
         chosen.append(name)
     if not chosen:
         raise UsageError(f"none of the methods {names} applies to task {task.name}")
     return chosen, notes
+
+
+def check_supervised(supervised: Any, loaded: Any, path: str, axis: Any = None) -> None:
+    """Refuse a ``supervised_checkpoint`` that is not a regression model, or that the diffusion checkpoint's
+    measurements do not fit: another task, 2D/3D geometry, 2.5D context, slice axis or intensity encoder
+    (every method reconstructs the same encoded measurements).
+
+    Args:
+        supervised, loaded: the loaded supervised and diffusion checkpoints (``loaded`` may be ``None``).
+        path: the supervised checkpoint's path, for the message.
+        axis: ``axis=`` (when set, both models use it).
+
+    Raises:
+        UsageError: one line naming what differs.
+    """
+    from medrecon.recon.run import checkpoint_axis
+
+    name = Path(path).name
+    if supervised.spec.objective != "regression":
+        raise UsageError(
+            f"supervised_checkpoint={name} is a {supervised.spec.objective} model; it takes a model trained "
+            "with objective=regression (the diffusion model goes in checkpoint=)"
+        )
+    if loaded is None:
+        return
+    differ = [
+        what
+        for what, ours, theirs in (
+            ("task", supervised.spec.task, loaded.spec.task),
+            ("spatial_dims", supervised.spatial_dims, loaded.spatial_dims),
+            ("2.5D context", supervised.context, loaded.context),
+            ("slice axis", checkpoint_axis(supervised, axis), checkpoint_axis(loaded, axis)),
+            ("encoder", supervised.encoder.to_dict(), loaded.encoder.to_dict()),
+        )
+        if ours != theirs
+    ]
+    if differ:
+        raise UsageError(
+            f"supervised_checkpoint={name} does not fit checkpoint= (it differs in {', '.join(differ)}): "
+            "compare models trained with the same task and data options"
+        )
 
 
 @dataclass(frozen=True)

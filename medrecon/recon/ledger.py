@@ -43,6 +43,8 @@ class RunRecord:
         seconds: wall time spent on the item in this run.
         detail: a human sentence about a failure, or about what was done to the input of an ok item (NaN
             voxels read as the background value); no patient data.
+        method: what reconstructed the item: ``diffusion`` (the checkpoint's sampler), ``regression`` (a
+            regression checkpoint's one evaluation) or a baseline's name; ``""`` in ledgers written before it.
         settings: a short hash of the options that shape the result (method, checkpoint, sampler, seed, ...):
             a finished item is only skipped by a rerun with the same settings.
         nonfinite: the input's NaN/+inf/-inf voxel counts as read (``medrecon.io.finite``: NaN voxels were
@@ -56,6 +58,7 @@ class RunRecord:
     outputs: list[str] = field(default_factory=list)
     seconds: float = 0.0
     detail: str = ""
+    method: str = ""
     settings: str = ""
     nonfinite: NonFinite | None = None
 
@@ -83,6 +86,7 @@ class RunRecord:
             outputs=[str(p) for p in data.get("outputs") or []],
             seconds=float(data.get("seconds") or 0.0),
             detail=str(data.get("detail") or ""),
+            method=str(data.get("method") or ""),
             settings=str(data.get("settings") or ""),
             nonfinite=_nonfinite(data.get("nonfinite")),
         )

@@ -55,6 +55,7 @@ class ItemContext:
     started: float
     nonfinite: Any = None  # the input's NonFinite counts (medrecon.io.finite)
     note: str = ""  # what was done to the input (NaN voxels replaced), for the run record
+    spacing: Any = None  # its SpacingPlan (medrecon.recon.spacing): flagged, resampled for the network
 
 
 def _container(node: Any) -> Any:
@@ -83,6 +84,7 @@ class Setup:
     context: int
     device: torch.device
     settings: str
+    spacing: Any = None  # the SpacingPolicy (medrecon.recon.spacing): spacing=native|auto, training range
 
 
 def resolve_task(cfg: DictConfig, loaded: Any) -> Any:
@@ -126,7 +128,8 @@ def settings_key(cfg: DictConfig, method_name: str, task: Any, precision: str = 
     """A short hash of everything that changes the result: a finished item is redone when it differs.
     ``precision`` is the resolved network precision (``fp32`` or ``bf16``). The checkpoint enters by its
     content (``checkpoint_digest``: the weight set in use, spec and encoder), not its name or size, so a
-    file overwritten with other weights redoes every item; computed once per run."""
+    file overwritten with other weights redoes every item; computed once per run. A regression checkpoint
+    (``method_name`` ``regression``) has no sampler or samples; its guidance and precision count."""
     from medrecon.checkpoint import checkpoint_digest
 
     ckpt = cfg.get("checkpoint")
@@ -139,15 +142,17 @@ def settings_key(cfg: DictConfig, method_name: str, task: Any, precision: str = 
         "checkpoint": ckpt_id,
         "weights": cfg.get("weights"),
         "sampler": _container(cfg.get("sampler")) if method_name == "diffusion" else None,
-        "guidance": _container(cfg.get("guidance")) if method_name == "diffusion" else None,
+        "guidance": _container(cfg.get("guidance")) if method_name in ("diffusion", "regression") else None,
         "samples": int(cfg.samples) if method_name == "diffusion" else 1,
-        "precision": precision if method_name == "diffusion" else None,
+        "precision": precision if method_name in ("diffusion", "regression") else None,
         "seed": int(cfg.seed),
         "axis": cfg.get("axis"),
         "dicom": bool(cfg.get("dicom", True)),
         "dicom_identity": str(cfg.get("dicom_identity", "source")),
         "encoder": None if ckpt else _container(cfg.get("encoder")),
     }
+    if cfg.get("spacing", "native") != "native":  # only then: native runs keep their earlier settings
+        parts["spacing"] = [cfg.get("spacing"), cfg.get("spacing_tolerance")]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -176,8 +181,9 @@ def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
 
     from medrecon.baselines import BASELINES
     from medrecon.device import resolve_precision
-    from medrecon.recon.methods import DIFFUSION, BaselineMethod, DiffusionMethod
+    from medrecon.recon.methods import DIFFUSION, REGRESSION, BaselineMethod, model_method
     from medrecon.recon.slicing import Layout
+    from medrecon.recon.spacing import spacing_policy
 
     method_name = str(cfg.method)
     allowed = (DIFFUSION, *BASELINES)
@@ -207,22 +213,24 @@ def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
         if method_name == DIFFUSION:
             sampler = instantiate(cfg.sampler)
             guidance = instantiate(cfg.guidance)
-            method = DiffusionMethod(
-                loaded.precond,
+            method = model_method(  # a regression checkpoint runs its one evaluation (method "regression")
+                loaded,
                 task,
                 sampler,
                 guidance,
                 samples=samples,
                 precision=precision,
                 compile=bool_option(cfg, "compile"),
+                log=log,
             )
+            method_name = method.name
         else:
             if samples > 1:
                 log.warning("samples=%d is ignored: baseline %s is deterministic", samples, method_name)
             method = BaselineMethod(method_name, task)
     except ValueError as err:
         raise UsageError(str(err)) from err
-    context = loaded.context if (loaded is not None and method_name == DIFFUSION) else 0
+    context = loaded.context if (loaded is not None and method_name in (DIFFUSION, REGRESSION)) else 0
     return Setup(
         method_name=method_name,
         method=method,
@@ -232,6 +240,7 @@ def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
         context=context,
         device=device,
         settings=settings_key(cfg, method_name, task, precision),
+        spacing=spacing_policy(cfg, loaded, task),
     )
 
 
@@ -263,9 +272,11 @@ def prepare_job(item: Any, setup: Setup, cfg: DictConfig) -> Any:
         stacked_conditions,
         unit_seeds,
     )
+    from medrecon.recon.spacing import SpacingPolicy
 
     started = time.perf_counter()
     task, layout = setup.task, setup.layout
+    spacing_policy = setup.spacing or SpacingPolicy()
     if item.status != "ok":
         raise RejectedInput(_reason(item.reason), item.detail or "rejected when the archive was scanned")
     if item.format == "h5" and is_mri(task):
@@ -276,6 +287,7 @@ def prepare_job(item: Any, setup: Setup, cfg: DictConfig) -> Any:
         spacing = data.info.encoded_spacing
         col_mm, row_mm, slice_mm = (spacing[1], spacing[0], spacing[2]) if spacing else (1.0, 1.0, 1.0)
         affine = np.diag([col_mm, row_mm, slice_mm, 1.0])
+        plan = spacing_policy.inspect(item.id, affine if spacing else None, None, layout)
         source, meta = None, {"modality": "MR"}
         nonfinite = NonFinite()  # read_kspace_h5 refuses non-finite k-space
 
@@ -290,8 +302,11 @@ def prepare_job(item: Any, setup: Setup, cfg: DictConfig) -> Any:
         modality = source.meta.get("modality")
         encoder = item_encoder(setup, cfg, modality).for_volume(source.array)
         units = torch.from_numpy(encoder.encode(layout.units(source.array)))[:, None]
-        meas = image_measurement(task, units)
-        affine = upsampled_affine(source.affine, layout.factors(tuple(task.scale)))
+        factors = layout.factors(tuple(task.scale))
+        affine = upsampled_affine(source.affine, factors)
+        out_shape = tuple(int(n) * int(f) for n, f in zip(source.array.shape, factors))
+        plan = spacing_policy.inspect(item.id, affine, out_shape, layout)
+        meas = image_measurement(task, plan.to_model(units))  # spacing=auto: on the training grid
         meta = {"modality": modality}
         if isinstance(source.meta.get("nifti"), dict):
             meta["nifti"] = dict(source.meta["nifti"])
@@ -302,7 +317,8 @@ def prepare_job(item: Any, setup: Setup, cfg: DictConfig) -> Any:
     if nonfinite.nan:
         note = f"{nonfinite.nan} NaN voxel(s) read as the background value {source.meta['nan_fill']:.6g}"
         log.info("item %s: %s", item.id, note)
-    context = ItemContext(item, source, encoder, affine, meta, assemble, started, nonfinite, note)
+    note = "; ".join(n for n in (note, plan.note) if n)
+    context = ItemContext(item, source, encoder, affine, meta, assemble, started, nonfinite, note, plan)
     seeds = unit_seeds(item.id, count, int(cfg.seed))
     return Job(key=item.id, method=setup.method_name, meas=meas, seeds=seeds, cond=cond, context=context)
 
@@ -332,6 +348,8 @@ def write_outputs(
     ctx: ItemContext = job.context
     paths = item_outputs(out, ctx.item.id)
     encoder = ctx.encoder
+    if ctx.spacing is not None:  # spacing=auto: from the training grid back to the item's output grid
+        mean, std = ctx.spacing.to_native(mean), ctx.spacing.to_native(std)
     array = ctx.assemble(encoder.decode(mean[:, 0].numpy()))
     expected = _expected_shape(ctx, setup)
     if expected is not None and tuple(array.shape) != expected:
@@ -431,6 +449,7 @@ def run(cfg: DictConfig) -> int:
             outputs=outputs or [],
             seconds=seconds,
             detail=scrub(detail),
+            method=setup.method_name,
             settings=setup.settings,
             nonfinite=nonfinite,
         )

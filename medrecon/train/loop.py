@@ -69,7 +69,8 @@ def batch_loss(
     generator: torch.Generator,
     autocast: contextlib.AbstractContextManager,
 ) -> Tensor:
-    """Mean EDM loss of one micro-batch: degrade with the task (fp32), then denoise under ``autocast``.
+    """Mean loss of one micro-batch (``EDMLoss`` or ``RegressionLoss``): degrade with the task (fp32), then
+    run the network under ``autocast``.
 
     Args:
         module: the (DDP-wrapped / compiled) ``EDMPrecond``.
@@ -115,7 +116,7 @@ class Trainer:
         spec: the model spec (also stored in checkpoints).
         task: the instantiated task (pair synthesis and validation).
         data: datasets and the encoder.
-        loss_fn: ``EDMLoss``.
+        loss_fn: ``EDMLoss``, or ``RegressionLoss`` for ``objective=regression`` (same calling convention).
         config: the resolved run config (stored in checkpoints).
         out: the run directory.
         device: this process's device.

@@ -48,6 +48,20 @@ REQUEUE_KEYS = frozenset(
     }
 )
 
+#: Options added after runs were first written, with the value that reproduces what a run written before them
+#: did: a stored config without the key counts as holding that value, so such a run still requeues under
+#: ``auto`` (any other value is a different configuration).
+ADDED_DEFAULTS: dict[str, Any] = {
+    "objective": "diffusion",
+    "regression.norm": "l1",
+    "loss.mmse_fraction": 0.0,
+    "loss.mmse_sigma": 10.0,
+    "data.augment.scale": None,
+    "data.augment.gamma": None,
+    "data.augment.bias_field": None,
+    "data.augment.p": 0.5,
+}
+
 _MAX_LISTED = 8
 
 
@@ -85,8 +99,11 @@ def config_differences(
     stored: Mapping[str, Any], current: Mapping[str, Any], ignore: frozenset[str] = REQUEUE_KEYS
 ) -> list[str]:
     """Dotted keys whose values differ (or exist on one side only), sorted; keys in ``ignore`` (and below
-    them) are left out."""
+    them) are left out. A key of :data:`ADDED_DEFAULTS` missing from either side takes its value there."""
     a, b = dict(_leaves(stored)), dict(_leaves(current))
+    for key, value in ADDED_DEFAULTS.items():
+        a.setdefault(key, value)
+        b.setdefault(key, value)
     missing = object()
     return sorted(
         key

@@ -49,6 +49,49 @@ def build_task(task_cfg: Any, spatial_dims: int) -> tuple[Any, dict[str, Any]]:
     return task, task_dict
 
 
+def training_objective(cfg: DictConfig) -> str:
+    """``objective=``: ``diffusion`` (the EDM denoiser, ``cfg.loss``) or ``regression`` (the supervised
+    baseline, ``cfg.regression``: the same network mapping the condition to the image in one evaluation).
+
+    Raises:
+        UsageError: any other value.
+    """
+    from medrecon.checkpoint import OBJECTIVES
+
+    value = cfg.get("objective", OBJECTIVES[0])
+    if not isinstance(value, str) or value not in OBJECTIVES:
+        raise UsageError(f"objective={value!r} is not one of {', '.join(OBJECTIVES)}")
+    return value
+
+
+def build_loss(cfg: DictConfig, objective: str) -> Any:
+    """The loss of ``objective``: ``EDMLoss`` from ``cfg.loss``, or ``RegressionLoss`` from ``cfg.regression``
+    with the preconditioner's ``sigma_data`` of ``cfg.loss`` (one ``sigma_data`` per model)."""
+    from hydra.utils import instantiate
+
+    if objective == "diffusion":
+        return instantiate(cfg.loss)
+    from medrecon.diffusion.regression import RegressionLoss
+
+    options = _container(cfg.get("regression") or {})
+    unknown = sorted(set(options) - {"norm"})
+    if unknown:
+        raise ValueError(f"unknown regression option(s) {unknown}; known: ['norm']")
+    return RegressionLoss(sigma_data=float(cfg.loss.sigma_data), **options)
+
+
+def validation_guidance(guidance: Any, objective: str) -> Any:
+    """The validation guidance: ``cfg.guidance``, except ``dps`` for a regression model (logged, then none)."""
+    if objective == "diffusion":
+        return guidance
+    from medrecon.diffusion.regression import regression_guidance
+
+    guidance, note = regression_guidance(guidance)
+    if note:
+        log.info("validation: %s", note)
+    return guidance
+
+
 def run_directory(cfg: DictConfig) -> Path:
     """Hydra's output folder of this job (``out``; ``out/<n>`` in a multirun), else ``cfg.out``."""
     from hydra.core.hydra_config import HydraConfig
@@ -76,6 +119,7 @@ def run(cfg: DictConfig) -> int:
         settings = TrainSettings.from_cfg(cfg.train)
     except ValueError as err:
         raise UsageError(str(err)) from err
+    objective = training_objective(cfg)
     device = process_device(resolve_device(cfg.device), env)
     seed = int(cfg.seed)
     out = run_directory(cfg)
@@ -87,7 +131,7 @@ def run(cfg: DictConfig) -> int:
             spatial_dims = int(cfg.data.get("spatial_dims", 2))
             task, task_dict = build_task(cfg.task, spatial_dims)
             data = build_training_data(cfg.data, cfg.manifest, tuple(task.scale))
-            loss_fn = instantiate(cfg.loss)
+            loss_fn = build_loss(cfg, objective)
             spec = ModelSpec(
                 model=_container(cfg.model),
                 task=task_dict,
@@ -96,6 +140,7 @@ def run(cfg: DictConfig) -> int:
                 cond_channels=int(task.cond_channels) * (2 * data.context + 1),
                 context=data.context,
                 sigma_data=float(loss_fn.sigma_data),
+                objective=objective,
             )
             validator = None
             if data.val is not None and data.val_keys and settings.val_every:
@@ -107,7 +152,8 @@ def run(cfg: DictConfig) -> int:
                     dataset=data.val,
                     keys=data.val_keys,
                     sampler=instantiate(sampler_cfg),
-                    guidance=instantiate(cfg.guidance),
+                    guidance=validation_guidance(instantiate(cfg.guidance), objective),
+                    objective=objective,
                     context=data.context,
                     spatial_dims=spatial_dims,
                     seed=seed,
@@ -132,9 +178,11 @@ def run(cfg: DictConfig) -> int:
             raise UsageError(str(err)) from err
         n_params = sum(p.numel() for p in trainer.precond.parameters())
         log.info(
-            "training %s (%.2fM parameters) for task %s on %s, %d process(es), batch %d x %d accum",
+            "training %s (%.2fM parameters, objective %s) for task %s on %s, %d process(es), "
+            "batch %d x %d accum",
             cfg.model.get("_target_", "model"),
             n_params / 1e6,
+            objective,
             task_dict.get("_target_", "task"),
             device,
             env.world_size,

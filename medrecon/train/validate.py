@@ -1,4 +1,5 @@
-"""Validation during training: reconstruct a few held-out slices/patches with a fast sampler and guidance.
+"""Validation during training: reconstruct a few held-out slices/patches with a fast sampler and guidance
+(a regression model, ``objective=regression``: its one evaluation, with the guidance).
 
 The same validation items and measurement seeds are used at every validation, so the numbers are comparable
 across steps. PSNR/SSIM follow ``medrecon.evaluate.metrics`` (fastMRI's convention) on the decoded-to-[0, 1]
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from medrecon.data.context import training_pair
 from medrecon.diffusion.guidance import GuidanceConfig, guided_denoiser
+from medrecon.diffusion.regression import regression_estimate
 from medrecon.diffusion.samplers import SamplerConfig
 from medrecon.diffusion.tensors import randn
 from medrecon.evaluate.metrics import psnr, ssim
@@ -53,6 +55,8 @@ class Validator:
         seed: fixes the measurements and the initial noise.
         device: where to run.
         batch_size: items per forward pass.
+        objective: ``diffusion`` (sample with ``sampler``) or ``regression`` (one evaluation; ``sampler`` is
+            unused, ``guidance`` must be ``none`` or ``dc``).
     """
 
     def __init__(
@@ -68,8 +72,10 @@ class Validator:
         seed: int,
         device: torch.device,
         batch_size: int = 8,
+        objective: str = "diffusion",
     ) -> None:
         self.task, self.dataset, self.keys = task, dataset, list(keys)
+        self.objective = objective
         self.sampler, self.guidance, self.context = sampler, guidance, context
         self.spatial_dims, self.seed, self.device, self.batch_size = (
             spatial_dims,
@@ -84,6 +90,9 @@ class Validator:
         """``(x0, input, recon)`` each ``(B, 1, *S)`` for a clean batch ``(B, 2k + 1, *S)``."""
         generator = torch.Generator(self.device).manual_seed(seed)
         x0, meas, cond = training_pair(self.task, batch, self.context, generator)
+        if self.objective == "regression":
+            recon = regression_estimate(precond, self.task, meas, self.guidance, cond=cond)
+            return x0, self.task.pinv(meas), recon
         denoiser = guided_denoiser(precond, self.task, meas, self.guidance, cond=cond)
         noise = randn(x0.shape, generator, self.device)
         recon = self.sampler.run(denoiser, noise, generator=generator)
