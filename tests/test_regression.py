@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_train as tt
 import torch
 from omegaconf import OmegaConf
 from safetensors import safe_open
@@ -36,23 +37,13 @@ from medrecon.errors import UsageError
 from medrecon.evaluate.report import read_metrics_csv
 from medrecon.info import model_card
 from medrecon.io.nifti import read_nifti, write_nifti
-from medrecon.manifest import ManifestRecord, write_manifest
 from medrecon.nn import UNet
 from medrecon.physics.registry import build_task, task_config
 from medrecon.recon.ledger import read_records
 from medrecon.recon.measure import image_measurement
 from medrecon.volume import Volume
 
-SHAPE = (24, 24, 12)
 DEMO = Path(__file__).resolve().parents[1] / "medrecon" / "assets" / "weights" / "demo_sr4x.safetensors"
-
-
-def phantom(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    i, j, k = np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij")
-    vol = np.where((i / 0.8) ** 2 + (j / 0.7) ** 2 < 1, 100.0, 0.0)
-    vol += np.where((i / 0.3) ** 2 + ((j - 0.2) / 0.25) ** 2 < 1, 100.0, 0.0)
-    return np.clip(vol * (1 + 0.2 * k) + rng.normal(0, 1, SHAPE), 0, None).astype(np.float32)
 
 
 def tiny_precond(seed: int = 0) -> EDMPrecond:
@@ -246,16 +237,8 @@ def test_specs_without_an_objective_are_diffusion_models_with_unchanged_digests(
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
-    """A 24x24x12 MR NIfTI for training and one for validation/evaluation, and their manifest."""
-    root = tmp_path_factory.mktemp("regression_archive")
-    records = []
-    for n, split in enumerate(("train", "val")):
-        path = root / f"vol{n}.nii.gz"
-        write_nifti(Volume(phantom(n), np.diag([1.0, 1.0, 2.0, 1.0])), path)
-        records.append(
-            ManifestRecord(f"s-{n:016x}", "nifti", [path], "MR", SHAPE, (1.0, 1.0, 2.0), split, "ok")
-        )
-    return write_manifest(root / "manifest.jsonl", records)
+    """The training tests' synthetic archive (two 24x24x12 MR volumes, train and val)."""
+    return tt.write_phantom_manifest(tmp_path_factory.mktemp("regression_archive"))
 
 
 def train(manifest: Path, out: Path, *extra: str) -> int:
@@ -329,7 +312,7 @@ def test_objective_is_validated_and_resume_refuses_another_objective(manifest, m
 
 
 def test_reconstruct_with_a_regression_checkpoint_is_one_deterministic_evaluation(models, tmp_path):
-    lowres = np.ascontiguousarray(phantom(1)[::4, ::4, :])  # 6x6x12: the sr4x measurement
+    lowres = np.ascontiguousarray(tt.phantom(1)[::4, ::4, :])  # 6x6x12: the sr4x measurement
     scan = tmp_path / "scan.nii.gz"
     write_nifti(Volume(lowres, np.diag([4.0, 4.0, 2.0, 1.0])), scan)
     ckpt = models["regression"]

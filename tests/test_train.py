@@ -38,10 +38,8 @@ def phantom(seed: int) -> np.ndarray:
     return np.clip(vol * (1 + 0.2 * k) + rng.normal(0, 1, SHAPE), 0, None).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    """A 24x24x12 MR NIfTI for training and one for validation, and their manifest."""
-    root = tmp_path_factory.mktemp("archive")
+def write_phantom_manifest(root: Path) -> Path:
+    """A 24x24x12 MR NIfTI for training and one for validation in ``root``, and their manifest."""
     records = []
     for n, split in enumerate(("train", "val")):
         path = root / f"vol{n}.nii.gz"
@@ -50,6 +48,11 @@ def manifest(tmp_path_factory) -> Path:
             ManifestRecord(f"s-{n:016x}", "nifti", [path], "MR", SHAPE, (1.0, 1.0, 2.0), split, "ok")
         )
     return write_manifest(root / "manifest.jsonl", records)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    return write_phantom_manifest(tmp_path_factory.mktemp("archive"))
 
 
 def train(manifest: Path, out: Path, *extra: str, device: str = "cpu") -> int:
