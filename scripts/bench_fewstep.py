@@ -6,8 +6,9 @@ model on the held-out slab of the sample scan, as ``medrecon evaluate`` selects 
 
 - ``dpmpp x20``: DPM-Solver++(2M), 20 steps, one sample (the documented default before ``mmse``);
 - ``dpmpp x10, mean of 4``: the demo setting before ``mmse`` (40 network evaluations per slice);
-- ``mmse x1`` and ``mmse x5``: the conditional model's one-evaluation estimate of E[x|y], and the same plus four
-  deterministic refinement steps (conf/sampler/mmse.yaml, the default);
+- ``mmse x1``, ``mmse x2`` and ``mmse x5``: the conditional model's one-evaluation estimate of E[x|y], the same
+  plus one deterministic refinement step from ``sigma_refine=0.05``, and plus four from 0.2
+  (conf/sampler/mmse.yaml, the default);
 - MONAI: ``DiffusionModelUNet`` with the checkpoint network's levels, blocks and attention, channels scaled to the
   same parameter count, concat conditioning, ``DDIMScheduler`` 50 steps, on the same slice size and batch.
   Its network is untrained (MONAI ships no model for this task), so it contributes throughput only.
@@ -65,6 +66,7 @@ SETTINGS = (
     Setting("dpmpp x20", build_sampler("dpmpp", 20), 1),
     Setting("dpmpp x10, mean of 4", build_sampler("dpmpp", 10), 4),
     Setting("mmse x1", build_sampler("mmse", 1, sigma_max=10.0), 1),
+    Setting("mmse x2", build_sampler("mmse", 2, sigma_max=10.0, sigma_refine=0.05, rho=2.0), 1),
     Setting("mmse x5", build_sampler("mmse", 5, sigma_max=10.0, sigma_refine=0.2, rho=2.0), 1),
 )
 
