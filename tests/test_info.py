@@ -89,9 +89,9 @@ def test_training_card_survives_in_best_and_metadata(trained):
 
 
 def test_info_of_the_bundled_demo_weights_says_not_recorded(capsys):
-    path = demo_checkpoint("sr4x")
+    path = demo_checkpoint("mri_r4")  # written before checkpoints carried a card
     card = model_card(path)
-    assert card.task_name == "sr4x" and card.step == 1600 and card.parameters == 885_313
+    assert card.task_name == "mri_r4" and card.step == 1600 and card.parameters == 885_601
     assert card.data is None and card.validation is None
     text = render(card)
     assert "training data  not recorded" in text and "validation     not recorded" in text
@@ -108,3 +108,10 @@ def test_info_usage_errors(tmp_path, capsys):
     junk.write_bytes(b"not a checkpoint at all")
     assert main(["info", f"checkpoint={junk}"]) == 2
     assert capsys.readouterr().out == ""  # errors go to stderr; stdout carries only cards
+
+
+def test_info_of_the_retrained_sr4x_demo_shows_its_training_spacing():
+    card = model_card(demo_checkpoint("sr4x"))
+    text = render(card)
+    assert card.data is not None and card.validation is not None and card.validation["step"] == 1600
+    assert "spacing        median 2 x 2 x 2 mm" in text and "plane spacing  1.333-3.333 mm" in text
