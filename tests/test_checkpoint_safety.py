@@ -462,6 +462,8 @@ def test_bundled_demo_weights_pass_every_check_and_load(name):
     assert checked.parameters == sum(p.numel() for p in loaded.precond.parameters())
     assert loaded.task.name == name.removeprefix("demo_")
     if name == "demo_sr4x":  # retrained 2026-11-30: its card records the data and the spacing it saw
-        assert loaded.card.data.volumes == 1 and loaded.card.data.plane_spacing == pytest.approx((4 / 3, 10 / 3))
+        assert loaded.card.data.volumes == 1 and loaded.card.data.plane_spacing == pytest.approx(
+            (4 / 3, 10 / 3)
+        )
     else:  # written before checkpoints carried a card
         assert loaded.card is None
