@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import synth_dicom as sd
+import test_io_nifti as tn
 import test_reconstruct as tr
 
 from medrecon.cli import run_command
@@ -52,16 +53,6 @@ def _evaluate(tmp_path, name, manifest, *overrides):
     out = tmp_path / name
     code = run_command("evaluate", [f"manifest={manifest}", f"out={out}", "figures.volumes=0", *overrides])
     return code, json.loads((out / "report.json").read_text())
-
-
-def _raw_edit(path, **fields):
-    """Rewrite NIfTI header fields as stored (nibabel would re-derive or "fix" them when saving)."""
-    raw = bytearray(path.read_bytes())
-    header = nib.Nifti1Header.from_fileobj(open(path, "rb"), check=False)
-    for name, (index, value) in fields.items():
-        header[name][index] = value
-    raw[:348] = header.binaryblock
-    path.write_bytes(bytes(raw))
 
 
 # -------------------------------------------------------------------------------- conflicting duplicates
@@ -131,15 +122,15 @@ def _degenerate_archive(root):
     write_nifti(Volume(_image((16, 12, 4)), SPACING, {}), root / "good.nii.gz")
     img = lambda affine: nib.Nifti1Image(_image((16, 12, 4), seed=1), affine)  # noqa: E731
     nib.save(img(SPACING), str(root / "singular.nii"))
-    _raw_edit(root / "singular.nii", srow_z=(2, 0.0))  # a zero column
+    tn._edit_header(root / "singular.nii", srow_z=(2, 0.0))  # a zero column
     nib.save(img(np.diag([0.9, 1e9, 3.0, 1.0])), str(root / "huge.nii.gz"))  # a 1e9 mm voxel
     qform_only = img(SPACING)
     qform_only.set_sform(None, code=0)
     qform_only.set_qform(SPACING, code=1)
     nib.save(qform_only, str(root / "pixdim0.nii"))
-    _raw_edit(root / "pixdim0.nii", pixdim=(1, 0.0), sform_code=((), 0), qform_code=((), 1))
+    tn._edit_header(root / "pixdim0.nii", pixdim=(1, 0.0), sform_code=((), 0), qform_code=((), 1))
     nib.save(img(SPACING), str(root / "nonfinite.nii"))
-    _raw_edit(root / "nonfinite.nii", srow_y=(1, math.inf))
+    tn._edit_header(root / "nonfinite.nii", srow_y=(1, math.inf))
     sd.write_series(
         root / "dicom", shape=(16, 12, 4), edit=lambda ds, k: setattr(ds, "PixelSpacing", [0, 0.8])
     )
