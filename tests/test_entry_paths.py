@@ -152,8 +152,14 @@ def test_degenerate_geometry_gets_one_verdict_everywhere(tmp_path):
     }
     assert by_top["good.nii.gz"].status == "ok"
 
-    for name, source in (("folder", root), ("manifest", manifest)):
-        code, out, recs = _reconstruct(tmp_path, name, source, "method=bicubic", "task=sr2x")
+    checkpoint = tr.make_checkpoint(tmp_path / "model.safetensors", task="sr2x")
+    diffusion = ("method=diffusion", f"checkpoint={checkpoint}", "sampler.steps=1")
+    for name, source, method in (
+        ("folder", root, ("method=bicubic", "task=sr2x")),
+        ("manifest", manifest, ("method=bicubic", "task=sr2x")),
+        ("folder_diffusion", root, diffusion),  # the same verdict whatever the method
+    ):
+        code, out, recs = _reconstruct(tmp_path, name, source, *method)
         assert code == 3
         assert {(i, r.reason) for i, r in recs.items() if r.status == "failed"} == {
             (i, "degenerate_geometry") for i in bad_ids
