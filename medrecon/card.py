@@ -64,13 +64,21 @@ class ValidationScore:
 
 @dataclass(frozen=True)
 class TrainingCard:
-    """The ``card`` metadata field of a checkpoint; either part may be missing."""
+    """The ``card`` metadata field of a checkpoint; any part may be missing.
+
+    ``autoencoder`` (latent models only): the best validation of the frozen autoencoder, i.e. how well it
+    reconstructs held-out images by itself -- the ceiling of anything the latent model can do.
+    """
 
     data: DataSummary | None = None
     validation: ValidationScore | None = None
+    autoencoder: ValidationScore | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        value = asdict(self)
+        if value["autoencoder"] is None:  # cards of other models keep the form they had before the field
+            del value["autoencoder"]
+        return value
 
     @classmethod
     def from_dict(cls, value: Any) -> TrainingCard:
@@ -79,14 +87,19 @@ class TrainingCard:
         Raises:
             SchemaError: an unknown key, or a value of the wrong type or range.
         """
-        top = check_mapping(value, {"data": _Nested(), "validation": _Nested()}, "card")
+        fields = {"data": _Nested(), "validation": _Nested(), "autoencoder": _Nested()}
+        top = check_mapping(value, fields, "card")
         data = top.get("data")
         val = top.get("validation")
+        ae = top.get("autoencoder")
         return cls(
             data=None if data is None else _data_summary(data),
             validation=None
             if val is None
             else ValidationScore(**check_mapping(val, _SCORE, "card.validation", _SCORE)),
+            autoencoder=None
+            if ae is None
+            else ValidationScore(**check_mapping(ae, _SCORE, "card.autoencoder", _SCORE)),
         )
 
 

@@ -1,27 +1,33 @@
 """Model checkpoints as data: safetensors weights (raw and EMA) + typed, validated JSON metadata; never a pickle.
 
 A checkpoint file holds two sets of tensors, ``raw.<name>`` (the optimiser's weights) and ``ema.<name>`` (the
-exponential moving average used for sampling), named after ``EDMPrecond.state_dict()``; its safetensors
-metadata (a str -> str map) holds:
+exponential moving average used for sampling), named after ``EDMPrecond.state_dict()`` (an autoencoder's
+``state_dict()`` for ``objective=autoencoder``). A latent model (``objective=latent``) also holds its frozen
+autoencoder once, ``ae.<name>``: one file is the whole model. Its safetensors metadata (a str -> str map) holds:
 
 - ``format`` (``medrecon-checkpoint``), ``format_version``, ``medrecon_version``, ``step``, ``param_count``;
 - ``spec``: JSON of :class:`ModelSpec` (model config, task config, spatial dims, channels, 2.5D context,
   ``sigma_data``, training ``objective``) -- enough to rebuild the denoiser and the task without the original
-  config files, and to know which estimator the weights are (a diffusion model or a regression baseline);
+  config files, and to know which estimator the weights are (a diffusion model, a regression baseline, an
+  autoencoder, or a latent diffusion model with its autoencoder's config, latent scale and condition mode);
 - ``encoder``: JSON of the intensity :class:`~medrecon.data.encoder.Encoder`;
 - ``config``: JSON of the resolved run config, with every file path reduced to its final name (so folder
   names, which users sometimes name after patients, never travel with a model). Manifests hold opaque ids
   only, so nothing else in the config can identify a patient;
 - ``card`` (optional; checkpoints from before it have none): JSON of :class:`~medrecon.card.TrainingCard`
-  (training data summary, best validation score).
+  (training data summary, best validation score);
+- ``distill`` (optional; only a model written by ``medrecon distill``): JSON of
+  :class:`~medrecon.diffusion.distill.DistillRecord` (its step count and noise-level grid, the teacher's
+  digest): reconstruct and evaluate then sample on that grid.
 
 Loading treats the file as untrusted data (docs/training.md, "Checkpoint validation"). Before any weight is
 read: the header length (the file's first 8 bytes) must be at most :data:`MAX_HEADER_BYTES`; the header must be
 valid JSON with exactly the known metadata keys; ``spec`` must name a network and a task of medrecon's closed
-registries (``medrecon.nn.registry.NETWORKS``, ``medrecon.physics.registry.TASKS``) with options of the
-declared types and ranges (``medrecon.schema``); the network it describes is built on the ``meta`` device
-(no memory) and must have at most :data:`MAX_PARAMETERS` parameters; and the file's tensors must carry
-exactly that network's names and shapes, with float dtypes where it has floats. Every refusal is a
+registries (``medrecon.nn.registry.NETWORKS``, ``medrecon.physics.registry.TASKS``; autoencoders, also the
+one inside a latent spec: ``medrecon.nn.registry.AUTOENCODERS``) with options of the declared types and
+ranges (``medrecon.schema``); the networks it describes are built on the ``meta`` device (no memory) and must
+have at most :data:`MAX_PARAMETERS` parameters together; and the file's tensors must carry exactly those
+networks' names and shapes, with float dtypes where they have floats. Every refusal is a
 ``UsageError`` of one line. Nothing read from a file is imported, called or passed to Hydra.
 
 Files are written atomically (a temporary file beside the destination, then ``os.replace``) and only when
@@ -47,6 +53,7 @@ from torch import nn
 from medrecon import __version__
 from medrecon.card import TrainingCard
 from medrecon.data.encoder import Encoder
+from medrecon.diffusion.distill import DistillRecord
 from medrecon.errors import UsageError
 from medrecon.io.atomic import atomic_path
 from medrecon.schema import (
@@ -54,6 +61,7 @@ from medrecon.schema import (
     Float,
     Int,
     SchemaError,
+    Seq,
     Text,
     check_mapping,
     check_plain,
@@ -80,7 +88,7 @@ METADATA_KEYS = (
     "encoder",
     "config",
 )
-OPTIONAL_METADATA_KEYS = ("card",)
+OPTIONAL_METADATA_KEYS = ("card", "distill")
 
 _FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _DTYPE_NAMES = {
@@ -97,9 +105,27 @@ _DTYPE_NAMES = {
 }
 #: What the weights were trained to compute (``objective=``): ``diffusion``, the EDM denoiser that samplers
 #: integrate; ``regression``, the supervised baseline's one-evaluation map from the condition to the image
-#: (``medrecon.diffusion.regression``). Checkpoints written before the field existed are diffusion models.
-OBJECTIVES: tuple[str, ...] = ("diffusion", "regression")
+#: (``medrecon.diffusion.regression``); ``autoencoder``, the first stage of a latent model (MONAI's
+#: AutoencoderKL, ``medrecon.latent``): it reconstructs nothing by itself; ``latent``, an EDM denoiser on the
+#: latents of a frozen autoencoder whose weights the same file holds (``ae.*``). Checkpoints written before the
+#: field existed are diffusion models.
+OBJECTIVES: tuple[str, ...] = ("diffusion", "regression", "autoencoder", "latent")
 DIFFUSION_OBJECTIVE = OBJECTIVES[0]
+AUTOENCODER_OBJECTIVE = "autoencoder"
+LATENT_OBJECTIVE = "latent"
+#: The frozen autoencoder's tensors in a latent checkpoint: ``ae.<name of its state dict>`` (one set: it does
+#: not train in stage 2, so it has no EMA).
+FROZEN_PREFIX = "ae"
+#: How a latent model sees its condition (``latent.condition``): ``encode``, the image-space condition through
+#: the frozen encoder (``latent_channels`` channels); ``unshuffle``, the condition's voxels rearranged onto the
+#: latent grid (space-to-depth: ``factor ** spatial_dims`` channels per image channel, lossless).
+LATENT_CONDITIONS: tuple[str, ...] = ("encode", "unshuffle")
+_LATENT_FIELDS = {
+    "scale": Float(1e-6, 1e6),
+    "condition": Choice(LATENT_CONDITIONS),
+    # the autoencoder's training patch on the latent grid: its windows over larger volumes (optional)
+    "window": Seq(Int(1, 10**5), 2, 3),
+}
 _SPEC_FIELDS = {
     "spatial_dims": Int(2, 3),
     "image_channels": Int(1, 16),
@@ -124,8 +150,15 @@ class ModelSpec:
         cond_channels: channels of the network's condition, ``task.cond_channels * (2 * context + 1)``.
         context: 2.5D neighbours on each side (0 for none).
         sigma_data: EDM's data standard deviation.
-        objective: :data:`OBJECTIVES`: ``diffusion`` (default, and what a spec without the field means) or
-            ``regression``.
+        objective: :data:`OBJECTIVES`: ``diffusion`` (default, and what a spec without the field means),
+            ``regression``, ``autoencoder`` (``model`` names an autoencoder of
+            ``medrecon.nn.registry.AUTOENCODERS``; no condition) or ``latent``.
+        latent: ``objective=latent`` only (``None`` otherwise): ``{"autoencoder": <AUTOENCODERS config>,
+            "scale": s, "condition": "encode"|"unshuffle", "window": [...]}``: the frozen autoencoder, the factor
+            its posterior means are multiplied by (``sigma_data / std`` of the training latents: Rombach et al.'s
+            unit-variance scaling at EDM's ``sigma_data``), how the condition reaches the latent grid, and
+            (optional) the autoencoder's training patch in latent voxels, the window it encodes and decodes
+            larger volumes in. ``image_channels`` and ``cond_channels`` then count latent channels.
 
     Raises:
         SchemaError: (a ``ValueError``) an unknown network or task, an unknown option, or a value of the
@@ -140,14 +173,32 @@ class ModelSpec:
     context: int = 0
     sigma_data: float = 0.5
     objective: str = DIFFUSION_OBJECTIVE
+    latent: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        from medrecon.nn.registry import NETWORKS
+        from medrecon.nn.registry import AUTOENCODERS, NETWORKS
         from medrecon.physics.registry import TASKS
 
         check_mapping({k: getattr(self, k) for k in _SPEC_FIELDS}, _SPEC_FIELDS, "spec")
-        resolve(NETWORKS, self.model, "spec.model")
+        models = AUTOENCODERS if self.objective == AUTOENCODER_OBJECTIVE else NETWORKS
+        resolve(models, self.model, "spec.model")
         resolve(TASKS, self.task, "spec.task")
+        if (self.latent is not None) != (self.objective == LATENT_OBJECTIVE):
+            raise SchemaError(
+                f"spec.latent must be given exactly for objective={LATENT_OBJECTIVE} (objective is "
+                f"{self.objective}, latent is {'set' if self.latent is not None else 'null'})"
+            )
+        if self.latent is not None:
+            fields = {"autoencoder": _Mapping(), **_LATENT_FIELDS}
+            check_mapping(self.latent, fields, "spec.latent", ("autoencoder", "scale", "condition"))
+            resolve(AUTOENCODERS, self.latent["autoencoder"], "spec.latent.autoencoder")
+            window = self.latent.get("window")
+            if window is not None and len(window) != self.spatial_dims:
+                raise SchemaError(
+                    f"spec.latent.window has {len(window)} sides for spatial_dims={self.spatial_dims}"
+                )
+        if self.objective in (AUTOENCODER_OBJECTIVE, LATENT_OBJECTIVE) and self.context:
+            raise SchemaError(f"spec.context={self.context} does not apply to objective={self.objective}")
         task_dims = self.task.get("spatial_dims", self.spatial_dims)
         if task_dims != self.spatial_dims:
             raise SchemaError(
@@ -160,7 +211,7 @@ class ModelSpec:
     def from_dict(cls, value: Any) -> ModelSpec:
         """The spec stored in a checkpoint (a JSON object), checked key by key."""
         nested = _Mapping()
-        schema = {"model": nested, "task": nested, **_SPEC_FIELDS}
+        schema = {"model": nested, "task": nested, **_SPEC_FIELDS, "latent": _Mapping(optional=True)}
         checked = check_mapping(
             value, schema, "spec", ("model", "task", "spatial_dims", "image_channels", "cond_channels")
         )
@@ -168,8 +219,10 @@ class ModelSpec:
 
     def _construct(self) -> nn.Module:
         from medrecon.diffusion.precond import EDMPrecond
-        from medrecon.nn.registry import build_network
+        from medrecon.nn.registry import build_autoencoder, build_network
 
+        if self.objective == AUTOENCODER_OBJECTIVE:  # the trained module is the autoencoder itself
+            return build_autoencoder(self.model, spatial_dims=self.spatial_dims, channels=self.image_channels)
         net = build_network(
             self.model,
             spatial_dims=self.spatial_dims,
@@ -190,6 +243,7 @@ class ModelSpec:
             precond = self._construct()
         state = {k: (t.dtype, tuple(t.shape)) for k, t in precond.state_dict().items()}
         count = sum(math.prod(shape) for dtype, shape in state.values() if dtype.is_floating_point)
+        count += sum(math.prod(s) for d, s in self.expected_frozen().values() if d.is_floating_point)
         if count > MAX_PARAMETERS:
             raise SchemaError(
                 f"spec.model describes a network of {count:,} parameters, more than the {MAX_PARAMETERS:,} "
@@ -198,9 +252,68 @@ class ModelSpec:
         return state
 
     def build_precond(self) -> nn.Module:
-        """A freshly initialised ``EDMPrecond`` around the network ``model`` names (size-checked first)."""
+        """A freshly initialised ``EDMPrecond`` around the network ``model`` names (size-checked first); for
+        ``objective=autoencoder`` the autoencoder itself."""
         self.expected_state()
         return self._construct()
+
+    def _construct_frozen(self) -> nn.Module | None:
+        from medrecon.nn.registry import build_autoencoder
+
+        if self.latent is None:
+            return None
+        channels = int(self.build_task().image_channels)
+        return build_autoencoder(
+            self.latent["autoencoder"],
+            spatial_dims=self.spatial_dims,
+            channels=channels,
+            where="spec.latent.autoencoder",
+        )
+
+    def expected_frozen(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """Name -> (dtype, shape) of the frozen autoencoder's state dict of a latent spec (built on the
+        ``meta`` device), ``{}`` for other objectives. The file stores it as ``ae.<name>``."""
+        if self.latent is None:
+            return {}
+        with torch.device("meta"):
+            autoencoder = self._construct_frozen()
+        return {k: (t.dtype, tuple(t.shape)) for k, t in autoencoder.state_dict().items()}
+
+    def build_frozen(self) -> nn.Module | None:
+        """A freshly initialised autoencoder of a latent spec (``None`` for other objectives); size-checked
+        first with the denoiser (:meth:`expected_state`)."""
+        self.expected_state()
+        return self._construct_frozen()
+
+    def expected_channels(self, task: Any) -> tuple[int, int]:
+        """``(image_channels, cond_channels)`` the spec must have for ``task`` (its own task, built):
+
+        - diffusion, regression: the task's image channels and ``task.cond_channels * (2 * context + 1)``;
+        - autoencoder: the task's image channels (in and out) and no condition;
+        - latent: the autoencoder's ``latent_channels``, and for the condition ``latent_channels``
+          (``encode``; the task's condition must have the image's channels) or
+          ``task.cond_channels * factor ** spatial_dims`` (``unshuffle``).
+
+        Raises:
+            SchemaError: ``encode`` for a task whose condition has other channels than its image.
+        """
+        from medrecon.nn.registry import autoencoder_factor
+
+        image, cond = int(task.image_channels), int(task.cond_channels)
+        if self.objective == AUTOENCODER_OBJECTIVE:
+            return image, 0
+        if self.objective != LATENT_OBJECTIVE:
+            return image, cond * (2 * self.context + 1)
+        with torch.device("meta"):
+            latent_channels = int(self._construct_frozen().latent_channels)
+        if self.latent["condition"] == "unshuffle":
+            return latent_channels, cond * autoencoder_factor(self.latent["autoencoder"]) ** self.spatial_dims
+        if cond != image:
+            raise SchemaError(
+                f"latent.condition=encode needs a condition with the image's {image} channel(s); task "
+                f"{getattr(task, 'name', '?')} has {cond}: use latent.condition=unshuffle"
+            )
+        return latent_channels, latent_channels
 
     def build_task(self) -> Any:
         """The task ``task`` names, built through the closed registry ``medrecon.physics.registry.TASKS``."""
@@ -209,11 +322,15 @@ class ModelSpec:
         return build_task(self.task)
 
 
+@dataclass(frozen=True)
 class _Mapping:
-    """A nested mapping whose keys are checked later (``ModelSpec.__post_init__``)."""
+    """A nested mapping whose keys are checked later (``ModelSpec.__post_init__``); ``None`` too when
+    ``optional``."""
+
+    optional: bool = False
 
     def check(self, value: Any, where: str) -> Any:
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) or (value is None and self.optional):
             return value
         raise SchemaError(f"{where} must be a mapping, got {quote(value)}")
 
@@ -223,7 +340,8 @@ class LoadedModel:
     """A checkpoint ready to sample with.
 
     Attributes:
-        precond: ``EDMPrecond`` on the chosen weights, in eval mode, gradients off.
+        precond: ``EDMPrecond`` on the chosen weights, in eval mode, gradients off (the autoencoder itself for
+            ``objective=autoencoder``).
         task: the task the model was trained for.
         encoder: the intensity encoder (scanner units <-> [-1, 1]).
         config: the stored run config (``DictConfig``; file paths reduced to names).
@@ -233,6 +351,10 @@ class LoadedModel:
         step: the training step the weights are from.
         weights: ``"ema"`` or ``"raw"``.
         card: the training card (data summary, best validation), ``None`` when not recorded.
+        codec: ``objective=latent``: the frozen autoencoder with its scale and condition mode
+            (``medrecon.latent.codec.LatentCodec``, eval mode, gradients off); ``None`` otherwise.
+        distill: the distillation record of a model from ``medrecon distill`` (also set as
+            ``precond.distilled``, which the reconstruction method reads), else ``None``.
     """
 
     precond: nn.Module
@@ -245,6 +367,8 @@ class LoadedModel:
     step: int
     weights: str
     card: TrainingCard | None = None
+    codec: Any = None
+    distill: DistillRecord | None = None
 
 
 def redact_paths(value: Any) -> Any:
@@ -278,6 +402,8 @@ def save_checkpoint(
     config: Any,
     step: int,
     card: TrainingCard | None = None,
+    frozen: nn.Module | dict[str, torch.Tensor] | None = None,
+    distill: DistillRecord | None = None,
 ) -> Path:
     """Write a checkpoint atomically.
 
@@ -290,6 +416,8 @@ def save_checkpoint(
         config: the resolved run config (``DictConfig`` or dict); file paths are reduced to names.
         step: the optimiser step the weights are from.
         card: what training knows about the data and validation (``medrecon.card``), or ``None``.
+        frozen: a latent model's frozen autoencoder (or its state dict), stored once as ``ae.<name>``.
+        distill: the record of a distilled model (``medrecon distill``), or ``None``.
 
     Raises:
         ValueError: a tensor holds NaN or Inf, or the metadata would not pass :func:`read_metadata`'s checks
@@ -300,7 +428,10 @@ def save_checkpoint(
     raw_state = _state(raw)
     ema_state = raw_state if ema is None else _state(ema)
     tensors: dict[str, torch.Tensor] = {}
-    for prefix, state in (("raw", raw_state), ("ema", ema_state)):
+    sets = [("raw", raw_state), ("ema", ema_state)]
+    if frozen is not None:
+        sets.append((FROZEN_PREFIX, _state(frozen)))
+    for prefix, state in sets:
         for name, tensor in state.items():
             t = tensor.detach().to("cpu").contiguous()
             if t.is_floating_point() and not torch.isfinite(t).all():
@@ -320,6 +451,8 @@ def save_checkpoint(
     }
     if card is not None:
         metadata["card"] = json.dumps(card.to_dict())
+    if distill is not None:
+        metadata["distill"] = json.dumps(distill.to_dict())
     _check_metadata(metadata)  # what is written must load
     table = sum(len(name) + 80 for name in tensors)  # safetensors' per-tensor JSON entry, generously
     if table + len(json.dumps(metadata)) > MAX_HEADER_BYTES:
@@ -438,6 +571,7 @@ class CheckpointMetadata:
     encoder: Encoder
     config: dict[str, Any]
     card: TrainingCard | None
+    distill: DistillRecord | None = None
 
 
 def _check_metadata(metadata: Mapping[str, str]) -> CheckpointMetadata:
@@ -459,6 +593,7 @@ def _check_metadata(metadata: Mapping[str, str]) -> CheckpointMetadata:
     if not isinstance(config, dict):
         raise SchemaError("metadata field 'config' is not a JSON object")
     card = _json(metadata, "card") if "card" in metadata else None
+    distill = _json(metadata, "distill") if "distill" in metadata else None
     return CheckpointMetadata(
         format_version=metadata["format_version"],
         medrecon_version=Text(max_len=32).check(metadata["medrecon_version"], "medrecon_version"),
@@ -468,6 +603,7 @@ def _check_metadata(metadata: Mapping[str, str]) -> CheckpointMetadata:
         encoder=Encoder.from_dict(_json(metadata, "encoder")),
         config=check_plain(config, "config"),
         card=None if card is None else TrainingCard.from_dict(card),
+        distill=None if distill is None else DistillRecord.from_dict(distill),
     )
 
 
@@ -486,7 +622,8 @@ def _checked(path: str | os.PathLike[str], header: Header) -> CheckpointMetadata
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The decoded, checked metadata of a checkpoint (``spec``, ``encoder``, ``config`` as plain dicts,
-    ``card`` as a :class:`~medrecon.card.TrainingCard` or ``None``), without reading any tensor.
+    ``card`` as a :class:`~medrecon.card.TrainingCard` or ``None``, ``distill`` as a
+    :class:`~medrecon.diffusion.distill.DistillRecord` or ``None``), without reading any tensor.
 
     Raises:
         UsageError: the file is missing, is not a medrecon checkpoint, or its metadata does not pass the checks.
@@ -501,22 +638,27 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         "encoder": meta.encoder.to_dict(),
         "config": meta.config,
         "card": meta.card,
+        "distill": meta.distill,
     }
 
 
 def check_tensors(
-    tensors: Mapping[str, TensorInfo], expected: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
+    tensors: Mapping[str, TensorInfo],
+    expected: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+    frozen: Mapping[str, tuple[torch.dtype, tuple[int, ...]]] | None = None,
 ) -> None:
-    """Refuse a tensor table that differs from both weight sets of the expected state dict.
+    """Refuse a tensor table that differs from both weight sets of the expected state dict (and, for a latent
+    model, from its frozen autoencoder's state dict under ``ae.``).
 
-    Every ``raw.<name>`` and ``ema.<name>`` must be present with the expected shape and a float dtype where the
-    network has a float (half precision is converted on load), the exact dtype elsewhere; nothing else may be
-    present.
+    Every ``raw.<name>`` and ``ema.<name>`` (and ``ae.<name>`` of ``frozen``) must be present with the expected
+    shape and a float dtype where the network has a float (half precision is converted on load), the exact
+    dtype elsewhere; nothing else may be present.
 
     Raises:
         SchemaError: the first difference, in one line.
     """
     want = {f"{s}.{name}": value for s in WEIGHT_SETS for name, value in expected.items()}
+    want.update({f"{FROZEN_PREFIX}.{name}": value for name, value in (frozen or {}).items()})
     missing = sorted(set(want) - set(tensors))
     if missing:
         raise SchemaError(f"lacks {len(missing)} tensor(s) the network has, e.g. {quote(missing[0])}")
@@ -556,14 +698,15 @@ def check_checkpoint(path: str | os.PathLike[str]) -> CheckedCheckpoint:
     meta = _checked(path, header)
     try:
         task = meta.spec.build_task()
-        expected_cond = int(task.cond_channels) * (2 * meta.spec.context + 1)
-        if meta.spec.image_channels != task.image_channels or meta.spec.cond_channels != expected_cond:
+        expected_image, expected_cond = meta.spec.expected_channels(task)
+        if meta.spec.image_channels != expected_image or meta.spec.cond_channels != expected_cond:
             raise SchemaError(
                 f"spec channels (image {meta.spec.image_channels}, condition {meta.spec.cond_channels}) do not "
-                f"fit the task (image {task.image_channels}, condition {expected_cond})"
+                f"fit the task and objective {meta.spec.objective} (image {expected_image}, condition "
+                f"{expected_cond})"
             )
         expected = meta.spec.expected_state()
-        check_tensors(header.tensors, expected)
+        check_tensors(header.tensors, expected, meta.spec.expected_frozen())
         parameters = sum(math.prod(s) for d, s in expected.values() if d.is_floating_point)
         if meta.param_count != parameters:
             raise SchemaError(f"param_count {meta.param_count} differs from the network's {parameters}")
@@ -623,6 +766,14 @@ def load_checkpoint(
     precond = meta.spec.build_precond()
     precond.load_state_dict(_read_set(path, weights), strict=True)
     precond.to(device).eval().requires_grad_(False)
+    precond.distilled = meta.distill  # a distilled denoiser is valid on its grid only (recon.methods)
+    codec = None
+    if meta.spec.latent is not None:
+        from medrecon.latent.codec import LatentCodec
+
+        autoencoder = meta.spec.build_frozen()
+        autoencoder.load_state_dict(_read_set(path, FROZEN_PREFIX), strict=True)
+        codec = LatentCodec.from_spec(autoencoder.to(device), meta.spec.latent)
     return LoadedModel(
         precond=precond,
         task=meta.spec.build_task(),
@@ -634,6 +785,8 @@ def load_checkpoint(
         step=meta.step,
         weights=weights,
         card=meta.card,
+        codec=codec,
+        distill=meta.distill,
     )
 
 
@@ -643,7 +796,9 @@ def checkpoint_digest(path: str | os.PathLike[str], weights: str = "ema") -> str
 
     The same weights give the same digest in any file (the step, the stored config and the other weight set
     do not enter); other weights of the same size give another. A diffusion model's spec enters without its
-    ``objective`` (the field is newer than the digest), so a file keeps the digest it had before. Reads the file once, in 1 MiB chunks.
+    ``objective`` and any spec without ``latent`` (the fields are newer than the digest), so a file keeps the
+    digest it had before. A latent model's frozen autoencoder (``ae.*``) enters after the weight set: other
+    autoencoder weights give another digest. Reads the file once, in 1 MiB chunks.
 
     Raises:
         UsageError: the file fails the header and metadata checks, or ``weights`` is not a weight set.
@@ -655,13 +810,17 @@ def checkpoint_digest(path: str | os.PathLike[str], weights: str = "ema") -> str
     spec = asdict(meta.spec)
     if spec["objective"] == DIFFUSION_OBJECTIVE:  # the field is newer than the digest: same file, same digest
         del spec["objective"]
+    if spec["latent"] is None:  # likewise
+        del spec["latent"]
     described = {"spec": spec, "encoder": meta.encoder.to_dict()}
     digest.update(json.dumps(described, sort_keys=True).encode())
-    prefix = f"{weights}."
+    prefix, frozen = f"{weights}.", f"{FROZEN_PREFIX}."
+    names = [(k, k[len(prefix) :]) for k in sorted(header.tensors) if k.startswith(prefix)]
+    names += [(k, k) for k in sorted(header.tensors) if k.startswith(frozen)]  # full names: never a set's
     with open(path, "rb") as f:
-        for name in sorted(k for k in header.tensors if k.startswith(prefix)):
+        for name, shown in names:
             info = header.tensors[name]
-            digest.update(json.dumps([name[len(prefix) :], info.dtype, list(info.shape)]).encode())
+            digest.update(json.dumps([shown, info.dtype, list(info.shape)]).encode())
             f.seek(header.data_start + info.begin)
             remaining = info.end - info.begin
             while remaining:
@@ -678,6 +837,10 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_HEADER_BYTES",
     "MAX_PARAMETERS",
+    "AUTOENCODER_OBJECTIVE",
+    "FROZEN_PREFIX",
+    "LATENT_CONDITIONS",
+    "LATENT_OBJECTIVE",
     "OBJECTIVES",
     "WEIGHT_SETS",
     "CheckedCheckpoint",

@@ -10,11 +10,11 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from pathlib import Path
 
+from medrecon.confdoc import conf_dir
 from medrecon.errors import UsageError
 
-__all__ = ["COMMANDS", "UsageError", "main", "run_command"]
+__all__ = ["COMMANDS", "UsageError", "conf_dir", "main", "run_command"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": (
@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "scan an archive and write a JSONL manifest (ids, geometry, split, status)",
     ),
     "train": ("medrecon.train.run", "train the conditional diffusion U-Net for a task"),
+    "distill": (
+        "medrecon.train.distill",
+        "distil a trained checkpoint into a few-step sampler (same format)",
+    ),
     "reconstruct": (
         "medrecon.recon.run",
         "reconstruct a folder, file or manifest with diffusion or a baseline",
@@ -40,13 +44,30 @@ EXIT_USAGE = 2
 log = logging.getLogger("medrecon")
 
 
-def conf_dir() -> Path:
-    """The configuration folder: inside the installed package (wheel) or at the top of a checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError("medrecon's conf/ folder is missing from this installation")
+#: Hydra's flags: those that take a value, and those that stand alone; the command's options are checked
+#: (``medrecon.options.check_overrides``) only when no other flag is given (Hydra handles those runs).
+_FLAGS_WITH_VALUE = frozenset({"--cfg", "-c", "--package", "-p"})
+_FLAGS_ALONE = frozenset({"--resolve", "-m", "--multirun"})
+_HELP = frozenset({"--help", "-h"})
+
+
+def _options_only(overrides: list[str]) -> list[str] | None:
+    """``overrides`` without Hydra's flags ``--cfg X``, ``-p X``, ``--resolve``, ``-m``; ``None`` when another
+    flag is given (``--info``, ``--hydra-help``, ``--config-dir``, ...): then Hydra alone reads the line."""
+    kept: list[str] = []
+    skip = False
+    for arg in overrides:
+        if skip:
+            skip = False
+        elif arg in _FLAGS_WITH_VALUE:
+            skip = True
+        elif arg in _FLAGS_ALONE:
+            continue
+        elif arg.startswith("-"):
+            return None
+        else:
+            kept.append(arg)
+    return kept
 
 
 def _usage() -> str:
@@ -107,6 +128,21 @@ def run_command(command: str, overrides: list[str]) -> int:
     from omegaconf import DictConfig
     from omegaconf.errors import MissingMandatoryValue
 
+    if any(arg in _HELP for arg in overrides):
+        from medrecon.confdoc import help_text
+
+        print(help_text(command, conf_dir()))
+        return 0
+    options = _options_only(overrides)
+    if options is not None:
+        from medrecon.options import check_overrides
+
+        try:
+            multirun = bool({"-m", "--multirun"} & set(overrides))
+            check_overrides(command, options, conf_dir(), multirun=multirun)
+        except UsageError as err:
+            print(f"medrecon {command}: {err}", file=sys.stderr)
+            return EXIT_USAGE
     missing = missing_required(command, overrides)
     if missing:
         needed = " ".join(f"{key}=..." for key in missing)

@@ -26,6 +26,10 @@ NOT_RECORDED = "not recorded"
 OBJECTIVE_TEXT = {
     "diffusion": "diffusion (conditional EDM denoiser: reconstruct samples it with sampler= and guidance=)",
     "regression": "regression (supervised baseline: one network evaluation from the condition to the image)",
+    "autoencoder": "autoencoder (stage 1 of a latent model: train one on it with objective=latent "
+    "autoencoder=FILE; it reconstructs nothing by itself)",
+    "latent": "latent (conditional EDM denoiser on the latents of its frozen autoencoder, held in the same file: "
+    "reconstruct samples it with sampler= and guidance= acting on decoded images)",
 }
 
 
@@ -51,6 +55,11 @@ class ModelCard:
             included (``medrecon.card.training_plane_spacing``), or None: not recorded.
         spacing_band: ``[low, high]`` mm outside which reconstruct and evaluate flag an input (the training
             range widened by ``medrecon.card.SPACING_TOLERANCE``), or None.
+        latent: a latent model's frozen autoencoder: ``network``, ``options``, ``factor`` (image voxels per
+            latent voxel and axis), ``scale``, ``condition`` and ``validation`` (its own best held-out
+            reconstruction score, the ceiling of the latent model; None: not recorded); None for other models.
+        distilled: a distilled model's record (``medrecon distill``: ``steps``, ``sigmas``, ``teacher_steps``,
+            ``teacher`` digest, ``sampler``, ``method``); None for other models.
     """
 
     file: str
@@ -77,6 +86,8 @@ class ModelCard:
     digests: dict[str, str]
     plane_spacing: list[float] | None = None
     spacing_band: list[float] | None = None
+    latent: dict[str, Any] | None = None
+    distilled: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (``format=json``)."""
@@ -139,7 +150,32 @@ def model_card(path: str | Path) -> ModelCard:
         digests={w: checkpoint_digest(path, w) for w in WEIGHT_SETS},
         plane_spacing=None if plane is None else [float(v) for v in plane],
         spacing_band=None if plane is None else [plane[0] / SPACING_TOLERANCE, plane[1] * SPACING_TOLERANCE],
+        latent=_latent(spec, card),
+        distilled=None if meta.distill is None else meta.distill.to_dict(),
     )
+
+
+def _latent(spec: Any, card: Any) -> dict[str, Any] | None:
+    from medrecon.nn.registry import autoencoder_factor
+
+    if spec.latent is None:
+        return None
+    ae = spec.latent["autoencoder"]
+    score = None if card is None or card.autoencoder is None else asdict(card.autoencoder)
+    return {
+        "network": str(ae["_target_"]),
+        "options": {k: v for k, v in ae.items() if k != "_target_"},
+        "factor": autoencoder_factor(ae),
+        "scale": spec.latent["scale"],
+        "condition": spec.latent["condition"],
+        "validation": score,
+    }
+
+
+def _score(val: dict[str, Any] | None, what: str = "best") -> str:
+    if val is None:
+        return NOT_RECORDED
+    return f"{what} PSNR {val['psnr']:.2f} dB, SSIM {val['ssim']:.4f} (step {val['step']})"
 
 
 def _options(options: dict[str, Any]) -> str:
@@ -207,15 +243,37 @@ def render(card: ModelCard) -> str:
         ("plane spacing", _plane_line(card.plane_spacing, card.spacing_band)),
         (
             "validation",
-            NOT_RECORDED
-            if val is None
-            else f"best PSNR {val['psnr']:.2f} dB, SSIM {val['ssim']:.4f} (step {val['step']})",
+            _score(val, "best held-out reconstruction" if card.objective == "autoencoder" else "best"),
         ),
+        *_latent_rows(card.latent),
+        *_distill_rows(card.distilled),
         ("encoder", encoding),
         *((f"digest {w}", d) for w, d in card.digests.items()),
     ]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def _distill_rows(record: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if record is None:
+        return []
+    grid = ", ".join(f"{s:.4g}" for s in record["sigmas"])
+    text = (
+        f"{record['method']} distillation of a {record['teacher_steps']}-step {record['sampler']} teacher "
+        f"(ema digest {record['teacher'][:16]}...): {record['steps']} network evaluation(s) per sample on "
+        f"its grid [{grid}], which reconstruct and evaluate use"
+    )
+    return [("distilled", text)]
+
+
+def _latent_rows(latent: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if latent is None:
+        return []
+    text = (
+        f"{latent['network']} ({_options(latent['options'])}): {latent['factor']}x per axis, scale "
+        f"{latent['scale']:.6g}, condition {latent['condition']}"
+    )
+    return [("autoencoder", text), ("ceiling", _score(latent["validation"], "its held-out reconstruction"))]
 
 
 def run(cfg: Any) -> int:

@@ -111,6 +111,32 @@ def summary_table(records: list[ManifestRecord]) -> str:
     return "\n".join(lines)
 
 
+class FileBar:
+    """A tqdm bar over the files ``discover`` examines (files/s, ETA), created once the folder walk has counted
+    them (``reset(total=N)``); on stderr, so stdout keeps the summary alone. A no-op when not ``enabled``."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def reset(self, total: int | None = None) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        self.close()
+        self.bar = tqdm(total=total, desc="prepare", unit="file", dynamic_ncols=True)
+
+    def update(self, n: float | None = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def run(cfg: Any) -> int:
     """Discover ``cfg.input``, write ``cfg.manifest``, print a summary; 0 unless the options are wrong."""
     root = Path(os.path.expanduser(required(cfg, "input", "the archive folder")))
@@ -128,7 +154,14 @@ def run(cfg: Any) -> int:
     except (TypeError, ValueError) as err:
         raise UsageError(f"split.seed={cfg.split.seed}: expected an integer") from err
 
-    found = discover(root, exclude=[manifest])
+    show = cfg.get("progress", True)
+    if not isinstance(show, bool):
+        raise UsageError(f"progress={show!r} must be true or false")
+    bar = FileBar(show)
+    try:
+        found = discover(root, exclude=[manifest], progress=bar)
+    finally:
+        bar.close()
     records = build_records(found.items, fractions, seed, by)
     write_manifest(manifest, records)
     print(summary_table(records))

@@ -9,9 +9,15 @@ model on the held-out slab of the sample scan, as ``medrecon evaluate`` selects 
 - ``mmse x1``, ``mmse x2`` and ``mmse x5``: the conditional model's one-evaluation estimate of E[x|y], the same
   plus one deterministic refinement step from ``sigma_refine=0.05``, and plus four from 0.2
   (conf/sampler/mmse.yaml, the default);
-- MONAI: ``DiffusionModelUNet`` with the checkpoint network's levels, blocks and attention, channels scaled to the
-  same parameter count, concat conditioning, ``DDIMScheduler`` 50 steps, on the same slice size and batch.
-  Its network is untrained (MONAI ships no model for this task), so it contributes throughput only.
+- MONAI: ``DiffusionModelUNet`` built as ``model=monai_unet`` builds it (medrecon's registry and adapter,
+  ``medrecon.nn.monai_unet``) with the checkpoint network's levels, blocks and attention, channels scaled to the
+  same parameter count, the checkpoint's image and condition channels; MONAI's own pipeline drives the plain
+  MONAI network: concat conditioning, ``DDIMScheduler`` 50 steps, on the same slice size and batch;
+- ours on the MONAI network (column ``ours/MONAI net``): each of our settings above, run by the same code path
+  with that same MONAI network (``EDMPrecond`` around the adapter), timed in turns with MONAI's pipeline: the
+  like-with-like comparison of the two pipelines on one network (``--skip-monai-net`` leaves it out).
+  The MONAI network is untrained (MONAI ships no model for this task), so both MONAI columns are throughput
+  only; a trained ``model=monai_unet`` checkpoint is benchmarked as ``--checkpoint``, like any other.
 
 All of ours use data-consistency guidance. Timing runs the methods in turns (best of ``--repeats``), so each sees
 the same machine load; quality is scored with ``medrecon.evaluate.metrics.volume_metrics`` (fastMRI convention)
@@ -21,7 +27,7 @@ on the decoded volumes, per volume, then averaged.
     python scripts/bench_fewstep.py --task mri_r4 --threads 2 --json out.json
     python scripts/bench_fewstep.py --checkpoint runs/x/best.safetensors --manifest m.jsonl --root DIR
 
-MONAI's attention blocks need ``einops`` (a MONAI optional dependency): ``pip install -e ".[bench]"``.
+MONAI's attention blocks need ``einops`` (a medrecon dependency since ``model=monai_unet``).
 """
 
 from __future__ import annotations
@@ -87,6 +93,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16, help="slices per batch (default 16)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per method, best kept (default 2)")
     p.add_argument("--monai-steps", type=int, default=50, help="MONAI DDIM steps (default 50)")
+    p.add_argument(
+        "--skip-monai-net",
+        action="store_true",
+        help="leave out our settings on the MONAI network (the 'ours/MONAI net' column)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     return p.parse_args(argv)
@@ -97,7 +108,7 @@ def held_out(args: argparse.Namespace, loaded, tmp: Path) -> list[tuple[object, 
     from medrecon.evaluate.run import prepare_item
     from medrecon.evaluate.selection import select_records, slice_rule
     from medrecon.manifest import read_manifest
-    from medrecon.recon.run import checkpoint_axis
+    from medrecon.recon.setup import checkpoint_axis
     from medrecon.recon.slicing import Layout
 
     manifest, root = args.manifest, args.root
@@ -174,16 +185,24 @@ def main(argv: list[str] | None = None) -> dict:
     from monai.inferers import DiffusionInferer
     from monai.networks.schedulers import DDIMScheduler
 
+    from medrecon.diffusion import EDMPrecond
     from medrecon.nn import count_parameters
 
-    kw = {k: v for k, v in loaded.spec.model.items() if not k.startswith("_")}
-    monai_net, monai_channels, _ = build_monai(kw, count_parameters(loaded.precond.net))
-    monai_net = monai_net.to(device).eval()
+    spec = loaded.spec
+    kw = {k: v for k, v in spec.model.items() if not k.startswith("_")}
+    adapter, monai_cfg = build_monai(  # model=monai_unet's builder (medrecon.nn.registry)
+        kw,
+        count_parameters(loaded.precond.net),
+        in_channels=spec.image_channels + spec.cond_channels,
+        out_channels=spec.image_channels,
+    )
+    adapter = adapter.to(device).eval()
+    monai_net = adapter.unet  # MONAI's pipeline drives the plain MONAI network inside the adapter
     first, cond0 = items[0]
     shape = tuple(loaded.task.condition(first.meas.index([0])).shape[2:])
     b = min(args.batch, slices)
-    noise = torch.randn(b, 1, *shape)
-    cond_m = torch.randn(b, 1, *shape)
+    noise = torch.randn(b, spec.image_channels, *shape)
+    cond_m = torch.randn(b, spec.cond_channels, *shape)
     ddim = DDIMScheduler(num_train_timesteps=1000)
     ddim.set_timesteps(args.monai_steps)
     inferer = DiffusionInferer(ddim)
@@ -205,6 +224,21 @@ def main(argv: list[str] | None = None) -> dict:
         results[s.name]["slices_per_s"] = slices / ours
         results[s.name]["monai_slices_per_s"] = slices / theirs
         results[s.name]["ratio_vs_monai"] = theirs / ours
+
+    if not args.skip_monai_net:  # our settings on the MONAI network, in turns with MONAI's pipeline on it
+        monai_precond = EDMPrecond(
+            adapter, spec.image_channels, spec.cond_channels, sigma_data=spec.sigma_data
+        ).eval()
+        for s in SETTINGS:
+            methods[s.name] = DiffusionMethod(
+                monai_precond, loaded.task, s.sampler, guidance, samples=s.samples
+            )
+            reconstruct(s.name)  # warm-up
+            ours, theirs = best_times(
+                lambda n=s.name: reconstruct(n), monai_all, device, args.repeats, s.name + "_mnet"
+            )
+            results[s.name]["monai_net_slices_per_s"] = slices / ours
+            results[s.name]["monai_net_ratio_vs_monai"] = theirs / ours
     res = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "device": f"cpu ({platform.processor() or 'unknown'}, {torch.get_num_threads()} threads)",
@@ -216,7 +250,8 @@ def main(argv: list[str] | None = None) -> dict:
         "slice_shape": list(shape),
         "params": count_parameters(loaded.precond.net),
         "monai_params": count_parameters(monai_net),
-        "monai_channels": monai_channels,
+        "monai_channels": monai_cfg["channels"],
+        "monai_config": {k: v for k, v in monai_cfg.items() if k != "_target_"},
         "monai": f"DDIM x {args.monai_steps} (untrained: throughput only)",
         "methods": results,
     }
@@ -234,11 +269,17 @@ def report(r: dict) -> None:
     )
     print(
         f"{'method':<24}{'NFE/slice':>10}{'slices/s':>10}{'MONAI/s':>10}{'x MONAI':>9}{'PSNR':>8}{'SSIM':>8}"
+        f"{'ours/MONAI net':>16}{'x MONAI':>9}"
     )
     for name, m in r["methods"].items():
+        same_net = (
+            f"{m['monai_net_slices_per_s']:>16.3f}{m['monai_net_ratio_vs_monai']:>8.1f}x"
+            if "monai_net_slices_per_s" in m
+            else ""
+        )
         print(
             f"{name:<24}{m['nfe_per_slice']:>10}{m['slices_per_s']:>10.3f}{m['monai_slices_per_s']:>10.3f}"
-            f"{m['ratio_vs_monai']:>8.1f}x{m['psnr']:>8.2f}{m['ssim']:>8.4f}"
+            f"{m['ratio_vs_monai']:>8.1f}x{m['psnr']:>8.2f}{m['ssim']:>8.4f}{same_net}"
         )
 
 

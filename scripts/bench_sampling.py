@@ -1,10 +1,14 @@
 """Benchmark (not a test): medrecon's training step and sampling beside MONAI's reference pipeline.
 
 medrecon: ``medrecon.nn.UNet`` (a ``conf/model`` size) in ``EDMPrecond``, ``EDMLoss`` for training, and
-DPM-Solver++(2M) at its default step count for sampling. MONAI: ``DiffusionModelUNet`` with the same levels,
-residual blocks and attention levels, channels scaled to a similar parameter count, concat conditioning
-through ``DiffusionInferer(mode="concat")``, a 1000-step DDPM training objective and ``DDIMScheduler`` with 50
-inference steps. Both get the same input size, batch, device, bf16 autocast and channels_last (CUDA only).
+DPM-Solver++(2M) at its default step count for sampling (``--sampler mmse --steps 2``: the few-step
+reconstruction default). MONAI: ``DiffusionModelUNet`` built the way ``model=monai_unet`` builds it (``conf/model/monai_unet.yaml`` through medrecon's closed registry and adapter,
+``medrecon.nn.monai_unet``) with the same levels, residual blocks and attention levels, channels scaled to a
+similar parameter count; MONAI's own pipeline drives the plain MONAI network inside the adapter: concat
+conditioning through ``DiffusionInferer(mode="concat")``, a 1000-step DDPM training objective and
+``DDIMScheduler`` with 50 inference steps. A third row samples that same MONAI network with medrecon's sampler
+(EDM preconditioning, DPM-Solver++), as ``model=monai_unet`` does: the sampler's gain and the network's speed
+separately. All get the same input size, batch, device, bf16 autocast and channels_last (CUDA only).
 
 Reported: parameter counts; seconds per training step (forward + backward + AdamW) and per network forward;
 slices/s for sampling and the ratio medrecon / MONAI; achieved TFLOP/s (FLOPs counted with
@@ -13,15 +17,15 @@ slices/s for sampling and the ratio medrecon / MONAI; achieved TFLOP/s (FLOPs co
     python scripts/bench_sampling.py --size 256 --batch 8 --device cuda
     python scripts/bench_sampling.py --size 64 --batch 2 --device cpu --threads 2
 
-MONAI's attention blocks need ``einops`` (a MONAI optional dependency): ``pip install einops``.
+MONAI's attention blocks need ``einops`` (a medrecon dependency since ``model=monai_unet``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
+import math
 import platform
 import sys
 import time
@@ -41,6 +45,19 @@ from medrecon.nn import UNet, count_parameters  # noqa: E402
 MODELS = ("unet_tiny", "unet_small", "unet_base")
 
 
+def sampler_from_conf(name: str, steps: int | None):
+    """``build_sampler`` with the options of ``conf/sampler/<name>.yaml`` (what reconstruct runs), ``steps``
+    replacing the file's when given."""
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "sampler" / f"{name}.yaml"))
+    options.pop("_target_", None)
+    options.pop("name", None)
+    if steps is not None:
+        options["steps"] = steps
+    return build_sampler(name, **options)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=256, help="square slice size in pixels (default 256)")
@@ -48,8 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--model", default="unet_small", choices=MODELS, help="medrecon model size (conf/model)")
     p.add_argument(
-        "--steps", type=int, default=None, help="medrecon DPM-Solver++ steps (default: its default)"
+        "--sampler",
+        choices=("dpmpp", "ddim", "mmse"),
+        default="dpmpp",
+        help="medrecon sampler, with the settings of conf/sampler/<name>.yaml (default dpmpp; mmse is the "
+        "reconstruct default: E[x|y] in one evaluation plus steps-1 refinement steps)",
     )
+    p.add_argument("--steps", type=int, default=None, help="medrecon sampler steps (default: the sampler's)")
     p.add_argument("--monai-steps", type=int, default=50, help="MONAI DDIM inference steps (default 50)")
     p.add_argument(
         "--train-steps", type=int, default=3, help="timed training steps per model, best kept (default 3)"
@@ -75,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def model_kwargs(name: str) -> dict:
-    """The size parameters of ``conf/model/<name>.yaml`` (without ``_target_``)."""
+    """The options of ``conf/model/<name>.yaml`` (without ``_target_``)."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
@@ -83,35 +105,48 @@ def model_kwargs(name: str) -> dict:
     return cfg
 
 
-def build_monai(kw: dict, target_params: int):
-    """MONAI's DiffusionModelUNet with our levels/blocks/attention, channels scaled to ``target_params``."""
-    from monai.networks.nets import DiffusionModelUNet
-
+def monai_config(kw: dict, channels: list[int]) -> dict:
+    """``conf/model/monai_unet.yaml`` with our network's blocks and attention levels (``kw``: a
+    ``medrecon.nn.UNet`` config) at ``channels``; about ``num_heads`` heads per attended level (one
+    ``num_head_channels`` for all: the largest divisor of the attended channels that gives at least that many)."""
     heads = int(kw.get("num_heads", 4))
-    base = [int(c) for c in kw["channels"]]
-    extra = {}
-    if "use_flash_attention" in inspect.signature(DiffusionModelUNet.__init__).parameters:
-        extra["use_flash_attention"] = True
+    attention = [bool(a) for a in kw["attention_levels"]]
+    attended = [c for c, a in zip(channels, attention) if a] + [channels[-1]]  # MONAI's middle block attends
+    common = math.gcd(*attended)
+    widest = max(1, min(attended) // heads)  # head width that gives every attended level >= heads heads
+    head_channels = max(d for d in range(1, common + 1) if common % d == 0 and d <= widest)
+    return {
+        **model_kwargs("monai_unet"),
+        "_target_": "medrecon.nn.monai_unet.MonaiUNet",
+        "channels": channels,
+        "num_res_blocks": int(kw.get("num_res_blocks", 1)),
+        "attention_levels": attention,
+        "num_head_channels": head_channels,
+    }
 
-    def make(channels: list[int]):
-        return DiffusionModelUNet(
-            spatial_dims=2,
-            in_channels=2,  # noisy image + concatenated condition
-            out_channels=1,
-            channels=channels,
-            num_res_blocks=int(kw.get("num_res_blocks", 1)),
-            attention_levels=[bool(a) for a in kw["attention_levels"]],
-            num_head_channels=[c // heads for c in channels],
-            **extra,
-        )
+
+def build_monai(kw: dict, target_params: int, in_channels: int = 2, out_channels: int = 1):
+    """``model=monai_unet``'s network (``medrecon.nn.registry.build_network``: the adapter around MONAI's
+    ``DiffusionModelUNet``) with our network's levels, blocks and attention, channels (multiples of 32, its
+    GroupNorm groups) scaled so that the parameter count is closest to ``target_params``.
+
+    Returns:
+        ``(adapter, config)``: ``adapter.unet`` is the plain MONAI network that MONAI's pipeline drives, the
+        adapter itself what medrecon's sampler drives; ``config`` is the ``model`` config it was built from.
+    """
+    from medrecon.nn.registry import build_network
+
+    def make(cfg: dict):
+        return build_network(cfg, spatial_dims=2, in_channels=in_channels, out_channels=out_channels)
 
     best = None
     for f in [0.5 + 0.0625 * i for i in range(17)]:  # 0.5 .. 1.5
-        channels = [max(32, round(c * f / 32) * 32) for c in base]
-        n = count_parameters(make(channels))
+        cfg = monai_config(kw, [max(32, round(c * f / 32) * 32) for c in kw["channels"]])
+        with torch.device("meta"):  # counting only: no memory, no random numbers
+            n = count_parameters(make(cfg))
         if best is None or abs(n - target_params) < abs(best[1] - target_params):
-            best = (channels, n)
-    return make(best[0]), best[0], extra
+            best = (cfg, n)
+    return make(best[0]), best[0]
 
 
 def sync(device: torch.device) -> None:
@@ -173,8 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
     kw = model_kwargs(args.model)
     net = UNet(2, 2, 1, **kw)
     precond = EDMPrecond(net, image_channels=1, cond_channels=1).to(device, memory_format=fmt)
-    monai_net, monai_channels, monai_extra = build_monai(kw, count_parameters(net))
-    monai_net = monai_net.to(device, memory_format=fmt)
+    monai_adapter, monai_cfg = build_monai(kw, count_parameters(net))  # model=monai_unet's builder
+    monai_adapter = monai_adapter.to(device, memory_format=fmt)
+    monai_net = monai_adapter.unet  # MONAI's pipeline drives the plain MONAI network inside the adapter
+    monai_precond = EDMPrecond(monai_adapter, image_channels=1, cond_channels=1)  # what medrecon samples
     p_ours, p_monai = count_parameters(net), count_parameters(monai_net)
 
     x0 = torch.randn(b, 1, s, s, device=device).contiguous(memory_format=fmt) * 0.5
@@ -235,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     # --- sampling -------------------------------------------------------------------------------------------
     precond.eval()
     monai_net.eval()
-    sampler = build_sampler("dpmpp", args.steps)
+    sampler = sampler_from_conf(args.sampler, args.steps)
     nfe_ours, nfe_monai = int(sampler.steps), args.monai_steps
     ddim = DDIMScheduler(num_train_timesteps=1000)
     ddim.set_timesteps(nfe_monai)
@@ -276,6 +313,15 @@ def main(argv: list[str] | None = None) -> dict:
         monai_sample()
     t_sample_ours, t_sample_monai = best_times(ours_sample, monai_sample, device, args.repeats, "sample")
 
+    # medrecon's sampler on the same MONAI network (model=monai_unet), in turns with MONAI's pipeline again
+    def ours_on_monai_sample() -> None:
+        with amp:
+            sampler.run(conditional_denoiser(monai_precond, cond), noise)
+
+    monai_precond.eval()
+    ours_on_monai_sample()  # warm-up
+    t_sample_mnet, _ = best_times(ours_on_monai_sample, monai_sample, device, args.repeats, "sample_mnet")
+
     res = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "device": torch.cuda.get_device_name(device)
@@ -292,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
         "medrecon": {
             "model": args.model,
             "params": p_ours,
-            "sampler": f"dpmpp x {nfe_ours}",
+            "sampler": f"{args.sampler} x {nfe_ours}",
             "nfe": nfe_ours,
             "train_step_s": t_train_ours,
             "train_tflops": f_train_ours / t_train_ours / 1e12,
@@ -303,11 +349,12 @@ def main(argv: list[str] | None = None) -> dict:
             "sample_tflops": f_fwd_ours * nfe_ours / t_sample_ours / 1e12,
         },
         "monai": {
-            "channels": monai_channels,
+            "model": "monai_unet",
+            "config": {k: v for k, v in monai_cfg.items() if k != "_target_"},
+            "channels": monai_cfg["channels"],
             "params": p_monai,
             "sampler": f"DDIM x {nfe_monai}",
             "nfe": nfe_monai,
-            **monai_extra,
             "train_step_s": t_train_monai,
             "train_tflops": f_train_monai / t_train_monai / 1e12,
             "forward_s": t_fwd_monai,
@@ -317,7 +364,18 @@ def main(argv: list[str] | None = None) -> dict:
             "sample_tflops": f_fwd_monai * nfe_monai / t_sample_monai / 1e12,
         },
     }
+    res["medrecon_on_monai_net"] = {
+        "sampler": f"{args.sampler} x {nfe_ours}",
+        "nfe": nfe_ours,
+        "sample_s": t_sample_mnet,
+        "slices_per_s": b / t_sample_mnet,
+        "sample_tflops": f_fwd_monai * nfe_ours / t_sample_mnet / 1e12,
+    }
     res["sampling_ratio"] = res["medrecon"]["slices_per_s"] / res["monai"]["slices_per_s"]
+    # the same (MONAI) network under both samplers: what the sampler alone gives
+    res["sampler_ratio_same_net"] = (
+        res["medrecon_on_monai_net"]["slices_per_s"] / res["monai"]["slices_per_s"]
+    )
     res["train_ratio"] = t_train_monai / t_train_ours if not args.skip_train else float("nan")
     # cross-check from the per-forward times alone: (MONAI forward x its NFE) / (ours x our NFE)
     res["forward_nfe_ratio"] = (t_fwd_monai * nfe_monai) / (t_fwd_ours * nfe_ours)
@@ -355,6 +413,11 @@ def report(r: dict) -> None:
     ]
     for name, a, c in rows:
         print(f"{name:<24}{a:>24}{c:>24}")
+    mn = r["medrecon_on_monai_net"]
+    print(
+        f"medrecon's {mn['sampler']} on the MONAI network (model=monai_unet): {mn['sample_s']:.2f} s per batch, "
+        f"{mn['slices_per_s']:.4f} slices/s, {r['sampler_ratio_same_net']:.2f}x MONAI's pipeline on the same network"
+    )
     print(f"sampling throughput ratio medrecon/MONAI: {r['sampling_ratio']:.2f}x")
     print(f"training step speed ratio medrecon/MONAI: {r['train_ratio']:.2f}x")
     print(f"cross-check from forward times x NFE: {r['forward_nfe_ratio']:.2f}x")

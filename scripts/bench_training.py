@@ -104,7 +104,7 @@ def pipeline_rate(args: argparse.Namespace, device: str) -> float:
                 "train.val_every=0",
                 "train.ckpt_every=0",
                 "train.log_every=1",
-                "train.progress=false",
+                "progress=false",
             ]
         )
         if code != 0:

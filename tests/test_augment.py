@@ -121,7 +121,7 @@ def test_augmented_samples_are_a_pure_function_of_the_key(archive, extra):
 def test_training_with_augmentation_resumes_exactly(archive, tmp_path):
     common = [
         "task=sr4x", "model=unet_tiny", "device=cpu", "data.patch_size=16", "train.batch_size=2",
-        "train.warmup=1", "train.progress=false", "train.steps=4", "train.ckpt_every=2", "train.val_every=0",
+        "train.warmup=1", "progress=false", "train.steps=4", "train.ckpt_every=2", "train.val_every=0",
         "train.lr=1e-3", "data.augment.scale=[0.6,1.5]", "data.augment.gamma=[0.7,1.5]",
         "data.augment.bias_field=0.3", "data.augment.p=0.8",
     ]  # fmt: skip

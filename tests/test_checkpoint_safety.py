@@ -283,6 +283,52 @@ def test_model_options_of_wrong_type_or_absurd_size_are_refused(
     refused(craft(tmp_path / "bad.safetensors", good, model_spec=spec), no_instantiate_no_weights, match)
 
 
+MONAI_MODEL = {
+    "_target_": "medrecon.nn.monai_unet.MonaiUNet",
+    "channels": [8, 16],
+    "num_res_blocks": 1,
+    "attention_levels": [False, True],
+    "num_head_channels": 8,
+    "norm_num_groups": 8,
+    "resblock_updown": False,
+    "use_flash_attention": True,
+    "timestep_scale": 250.0,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"channels": [8, {"_target_": "os.system"}]}, "channels"),  # code riding inside a list
+        ({"channels": [8, 16.0]}, "channels"),
+        ({"channels": [10**6, 16]}, "channels"),
+        ({"channels": [8] * 9, "attention_levels": [False] * 9}, "channels"),  # too many levels
+        ({"attention_levels": [False, "yes"]}, "attention_levels"),
+        ({"attention_levels": [False]}, "attention_levels"),  # one flag per level (the constructor's check)
+        ({"num_head_channels": 0}, "num_head_channels"),
+        ({"num_head_channels": 3}, "num_head_channels"),  # does not divide the attended channels
+        ({"norm_num_groups": 3}, "norm_num_groups"),
+        ({"resblock_updown": 1}, "resblock_updown"),
+        ({"timestep_scale": float("nan")}, "timestep_scale"),
+        ({"timestep_scale": True}, "timestep_scale"),
+        ({"with_conditioning": True}, "with_conditioning"),  # MONAI options medrecon does not expose
+        ({"cross_attention_dim": 8}, "cross_attention_dim"),
+        # every option in range, but the whole network is absurd: refused from its meta-device size
+        (
+            {"channels": [4096] * 3, "attention_levels": [False] * 3, "num_res_blocks": 8},
+            "parameters",
+        ),
+        ({}, "lacks"),  # a valid MONAI spec over medrecon.nn.UNet's tensors
+    ],
+)
+def test_monai_network_options_are_checked_like_ours(
+    change, match, good, no_instantiate_no_weights, tmp_path
+):
+    spec = base_spec()
+    spec["model"] = {**MONAI_MODEL, **change}
+    refused(craft(tmp_path / "bad.safetensors", good, model_spec=spec), no_instantiate_no_weights, match)
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [
@@ -467,3 +513,195 @@ def test_bundled_demo_weights_pass_every_check_and_load(name):
         )
     else:  # written before checkpoints carried a card
         assert loaded.card is None
+
+
+# ------------------------------------------------------------------------------------------------ latent
+AE = {
+    "_target_": "monai.networks.nets.AutoencoderKL",
+    "channels": [4, 4],
+    "num_res_blocks": 1,
+    "attention_levels": [False, False],
+    "latent_channels": 2,
+    "norm_num_groups": 4,
+    "with_encoder_nonlocal_attn": False,
+    "with_decoder_nonlocal_attn": False,
+}
+
+
+def latent_spec_dict() -> dict:
+    return {
+        **base_spec(),
+        "image_channels": 2,
+        "cond_channels": 2,
+        "objective": "latent",
+        "latent": {"autoencoder": dict(AE), "scale": 0.8, "condition": "encode"},
+    }
+
+
+@pytest.fixture(scope="module")
+def good_latent(tmp_path_factory):
+    """A valid tiny latent checkpoint (its autoencoder's weights inside, ``ae.*``): path, metadata, tensors."""
+    spec = ModelSpec(**latent_spec_dict())
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("latent") / "latent.safetensors"
+    save_checkpoint(
+        path,
+        raw=spec.build_precond(),
+        ema=None,
+        spec=spec,
+        encoder=Encoder(),
+        config={},
+        step=2,
+        frozen=spec.build_frozen(),
+    )
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return path, metadata, tensors
+
+
+def test_a_latent_checkpoint_holds_its_autoencoder_and_loads(good_latent, no_instantiate_no_weights):
+    path, _, tensors = good_latent
+    assert any(k.startswith("ae.") for k in tensors) and any(k.startswith("ema.") for k in tensors)
+    loaded = load_checkpoint(path)
+    assert loaded.codec is not None and loaded.codec.latent_channels == 2 and loaded.codec.scale == 0.8
+    ae_state = loaded.codec.autoencoder.state_dict()
+    assert all(torch.equal(ae_state[k[3:]], v) for k, v in tensors.items() if k.startswith("ae."))
+    assert check_checkpoint(path).parameters == sum(p.numel() for p in loaded.precond.parameters())
+
+
+def _latent_attacks(victim: Path, folder: Path) -> dict[str, tuple[dict, str]]:
+    """Latent specs that name code, hide it in the autoencoder's options, or describe absurd sizes."""
+    system = {"_target_": "os.system", "_args_": [f"touch {folder / 'pwned'}"]}
+    opener = {"_target_": "builtins.open", "_args_": [str(victim), "w"]}
+    cases: dict[str, tuple[dict, str]] = {}
+
+    def case(name: str, match: str, **latent_changes) -> None:
+        spec = latent_spec_dict()
+        for key, value in latent_changes.items():
+            if key == "ae":
+                spec["latent"]["autoencoder"] = value
+            elif key == "spec":
+                spec.update(value)
+            else:
+                spec["latent"][key] = value
+        cases[name] = (spec, match)
+
+    case("ae-is-os.system", "spec.latent.autoencoder", ae=system)
+    case("ae-is-open", "spec.latent.autoencoder", ae=opener)
+    case(
+        "ae-unregistered-monai-class",
+        "spec.latent.autoencoder",
+        ae={**AE, "_target_": "monai.networks.nets.VQVAE"},
+    )
+    case("ae-code-in-channels", "channels", ae={**AE, "channels": [4, system]})
+    case("ae-code-in-option", "norm_eps", ae={**AE, "norm_eps": opener})
+    case("ae-recursive-key", "_recursive_", ae={**AE, "_recursive_": False})
+    case("ae-unknown-option", "spatial_dims", ae={**AE, "spatial_dims": 3})  # shape facts are the spec's
+    case("ae-bool-for-int", "latent_channels", ae={**AE, "latent_channels": True})
+    case("ae-one-level-huge", "channels", ae={**AE, "channels": [10**6, 4]})
+    case(
+        "ae-absurd-network",
+        "parameters",
+        ae={**AE, "channels": [4096] * 8, "attention_levels": [False] * 8, "num_res_blocks": 16},
+    )
+    case("ae-groups-do-not-divide", "norm_num_groups", ae={**AE, "norm_num_groups": 3})
+    case("scale-nan", "scale", scale=float("nan"))
+    case("scale-negative", "scale", scale=-1.0)
+    case("scale-string", "scale", scale="0.8")
+    case("condition-unknown", "condition", condition="os.system")
+    case("window-of-other-dims", "window", window=[8, 8, 8])  # the spec is 2D
+    case("window-bool", "window", window=[True, 8])
+    case("window-huge", "window", window=[10**9, 8])
+    case("window-code", "window", window=system)
+    case("latent-missing-field", "missing", spec={"latent": {"autoencoder": dict(AE), "scale": 0.8}})
+    case(
+        "latent-extra-field", "unknown key", spec={"latent": {**latent_spec_dict()["latent"], "evil": system}}
+    )
+    case("latent-for-a-diffusion-model", "latent", spec={"objective": "diffusion"})
+    case("latent-model-without-latent", "latent", spec={"latent": None})
+    case("latent-not-a-mapping", "latent", spec={"latent": [1, 2]})
+    case("objective-unknown", "objective", spec={"objective": "os.system"})
+    case("channels-not-the-latent-ones", "channels", spec={"image_channels": 1, "cond_channels": 1})
+    case("context-with-latent", "context", spec={"context": 1})
+    return cases
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "ae-is-os.system",
+        "ae-is-open",
+        "ae-unregistered-monai-class",
+        "ae-code-in-channels",
+        "ae-code-in-option",
+        "ae-recursive-key",
+        "ae-unknown-option",
+        "ae-bool-for-int",
+        "ae-one-level-huge",
+        "ae-absurd-network",
+        "ae-groups-do-not-divide",
+        "scale-nan",
+        "scale-negative",
+        "scale-string",
+        "condition-unknown",
+        "window-of-other-dims",
+        "window-bool",
+        "window-huge",
+        "window-code",
+        "latent-missing-field",
+        "latent-extra-field",
+        "latent-for-a-diffusion-model",
+        "latent-model-without-latent",
+        "latent-not-a-mapping",
+        "objective-unknown",
+        "channels-not-the-latent-ones",
+        "context-with-latent",
+    ],
+)
+def test_crafted_latent_specs_are_refused_and_run_nothing(
+    case, good_latent, victims, no_instantiate_no_weights, tmp_path
+):
+    folder, victim, untouched = victims
+    spec, match = _latent_attacks(victim, folder)[case]
+    path = craft(tmp_path / "evil.safetensors", good_latent, model_spec=spec)
+    refused(path, no_instantiate_no_weights, match)
+    untouched()
+
+
+def test_an_autoencoder_spec_names_only_registered_autoencoders(good, no_instantiate_no_weights, tmp_path):
+    """``objective=autoencoder`` resolves ``model`` among the autoencoders, any other objective among the
+    denoiser networks: neither registry's names pass as the other's."""
+    for model, objective in ((MODEL, "autoencoder"), (AE, "diffusion"), (AE, "regression"), (AE, "latent")):
+        spec = {**base_spec(), "model": dict(model), "objective": objective}
+        if objective == "latent":
+            spec["latent"] = latent_spec_dict()["latent"]
+        path = craft(tmp_path / "swap.safetensors", good, model_spec=spec)
+        refused(path, no_instantiate_no_weights, "spec.model._target_")
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ("drop-ae", "lacks"),  # the autoencoder's weights are missing
+        ("extra-ae", "does not have"),  # a tensor the autoencoder does not have
+        ("reshape-ae", "shape"),
+        ("int-ae", "dtype"),
+    ],
+)
+def test_latent_tensor_tables_must_match_the_autoencoder_too(
+    edit, match, good_latent, no_instantiate_no_weights, tmp_path
+):
+    _, _, tensors = good_latent
+    tensors = dict(tensors)
+    name = sorted(k for k in tensors if k.startswith("ae.") and tensors[k].ndim > 1)[0]
+    if edit == "drop-ae":
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("ae.")}
+    elif edit == "extra-ae":
+        tensors["ae.evil.weight"] = torch.zeros(2)
+    elif edit == "reshape-ae":
+        tensors[name] = torch.zeros(tensors[name].numel())
+    else:
+        tensors[name] = tensors[name].to(torch.int32)
+    path = craft(tmp_path / "bad.safetensors", good_latent, tensors=tensors)
+    refused(path, no_instantiate_no_weights, match)

@@ -110,6 +110,9 @@ def test_train_config_defaults_and_run_dir():
         "dc",
     )
     assert cfg.device == "auto" and cfg.seed == 0 and cfg.resume == "auto"
+    # the options every command spells alike sit at the top level (docs/configuration.md)
+    assert (cfg.precision, cfg.compile, cfg.progress) == ("auto", False, True)
+    assert not {"amp", "compile", "progress"} & set(cfg.train)
     assert OmegaConf.is_missing(composed("train"), "manifest")
     for key in (
         "steps",
@@ -119,7 +122,6 @@ def test_train_config_defaults_and_run_dir():
         "ema_decay",
         "grad_clip",
         "accum",
-        "compile",
         "val_every",
         "ckpt_every",
         "keep_last",

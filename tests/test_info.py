@@ -45,7 +45,7 @@ def trained(tmp_path_factory) -> Path:
     out = root / "run"
     args = [
         "train", f"manifest={manifest}", f"out={out}", "task=sr4x", "model=unet_tiny", "device=cpu",
-        "data.patch_size=16", "train.batch_size=2", "train.warmup=1", "train.progress=false",
+        "data.patch_size=16", "train.batch_size=2", "train.warmup=1", "progress=false",
         "train.steps=2", "train.val_every=2", "val.steps=2", "data.val_items=2",
     ]  # fmt: skip
     assert main(args) == 0

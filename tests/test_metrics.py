@@ -109,3 +109,45 @@ def test_bad_inputs_are_named():
         M.volume_metrics(np.zeros((2, 8, 8)), np.zeros((2, 8, 8)))
     with pytest.raises(ValueError, match="fraction"):
         M.foreground_mask(np.ones((1, 8, 8)), fraction=1.5)
+
+
+# ------------------------------------------------------------------------------------------------ through-plane
+def test_slice_gradient_error_against_a_numpy_reference():
+    rng = np.random.default_rng(3)
+    gt = rng.random((6, 7, 9))
+    pred = gt + 0.1 * rng.standard_normal(gt.shape)
+    d_gt, d_pred = gt[:, :, 1:] - gt[:, :, :-1], pred[:, :, 1:] - pred[:, :, :-1]
+    expected = np.linalg.norm(d_pred - d_gt) / np.linalg.norm(d_gt)
+    assert M.slice_gradient_error(gt, pred) == pytest.approx(expected)
+    assert M.slice_gradient_error(gt, gt) == 0.0
+    # nothing of the through-plane structure (constant along K): error 1, whatever the in-plane content
+    flat = np.repeat(gt.mean(axis=2, keepdims=True), gt.shape[2], axis=2)
+    assert M.slice_gradient_error(gt, flat) == pytest.approx(1.0)
+    # scale-free: the same relative error for volumes in other units
+    assert M.slice_gradient_error(100 * gt, 100 * pred) == pytest.approx(expected)
+    assert np.isnan(M.slice_gradient_error(gt[:, :, :1], pred[:, :, :1]))  # one slice: undefined
+
+
+def test_slice_gradient_error_sees_through_plane_steps_that_in_plane_metrics_average_away():
+    """Nearest-neighbour thick slices (steps every 4 slices) against a smooth interpolation with the same
+    per-voxel error budget: the gradient error separates them."""
+    k = np.linspace(0, 4 * np.pi, 32)
+    gt = np.broadcast_to(np.sin(k), (8, 8, 32)).copy() + 2
+    blocks = gt.reshape(8, 8, 8, 4).mean(-1)
+    nearest = np.repeat(blocks, 4, axis=2)
+    smooth = np.interp(np.arange(32), np.arange(8) * 4 + 1.5, blocks[0, 0])
+    smooth = np.broadcast_to(smooth, gt.shape)
+    assert M.slice_gradient_error(gt, nearest) > M.slice_gradient_error(gt, smooth)
+
+
+def test_slice_gradient_error_leaves_out_differences_without_ground_truth():
+    rng = np.random.default_rng(4)
+    gt = rng.random((4, 4, 6))
+    pred = gt.copy()
+    pred[0, 0, 3] += 5.0  # a wild value where there is no ground truth
+    valid = np.ones(gt.shape, dtype=bool)
+    valid[0, 0, 3] = False
+    assert M.slice_gradient_error(gt, pred, valid=valid) == 0.0
+    assert M.slice_gradient_error(gt, pred) > 0
+    metrics = M.volume_metrics(gt + 1, pred + 1, slice_axis=2, valid=valid)
+    assert metrics.slice_gradient_error == 0.0 and "slice_gradient_error" in M.METRIC_NAMES

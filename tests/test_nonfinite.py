@@ -343,7 +343,7 @@ def nan_manifest(tmp_path_factory):
 def train(manifest, out, *extra) -> int:
     args = [
         "train", f"manifest={manifest}", f"out={out}", "task=sr4x", "model=unet_tiny", "device=cpu",
-        "data.patch_size=16", "train.batch_size=2", "train.warmup=1", "train.progress=false",
+        "data.patch_size=16", "train.batch_size=2", "train.warmup=1", "progress=false",
         "train.log_every=1", *extra,
     ]  # fmt: skip
     return main(args)

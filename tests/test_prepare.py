@@ -227,6 +227,44 @@ def test_bad_fractions_are_usage_errors(archive, tmp_path, split):
         prepare.run(_cfg(archive, tmp_path / "m.jsonl", **split))
 
 
+class Recorder:
+    """Stands in for the tqdm bar: what discover reports."""
+
+    def __init__(self):
+        self.totals, self.done = [], 0
+
+    def reset(self, total=None):
+        self.totals.append(total)
+
+    def update(self, n=1):
+        self.done += n
+
+
+def test_discover_reports_every_file_it_examines(archive):
+    from medrecon.io.archive import walk_files
+
+    files = walk_files(archive)
+    progress = Recorder()
+    found = discover(archive, progress=progress)
+    assert progress.totals == [len(files)] and progress.done == len(files)
+    assert {(_top(archive, r), r.format, r.status, r.reason) for r in found.items} == EXPECTED
+
+
+def test_prepare_shows_a_progress_bar_with_eta_on_stderr(archive, tmp_path, monkeypatch, capsys):
+    from medrecon.io.archive import walk_files
+
+    monkeypatch.chdir(tmp_path)
+    n = len(walk_files(archive))
+    assert main(["prepare", f"input={archive}", "manifest=m.jsonl"]) == 0
+    captured = capsys.readouterr()
+    bar = captured.err.replace("\r", "\n").splitlines()
+    assert any(line.startswith("prepare: 100%") and f"{n}/{n} [" in line and "<" in line for line in bar)
+    assert "prepare:" not in captured.out  # stdout holds the summary alone
+    assert main(["prepare", f"input={archive}", "manifest=m2.jsonl", "progress=false"]) == 0
+    assert "prepare:" not in capsys.readouterr().err
+    assert main(["prepare", f"input={archive}", "manifest=m3.jsonl", "progress=maybe"]) == 2
+
+
 def test_cli_prepare(archive, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["prepare", f"input={archive}", "manifest=out/m.jsonl", "split.seed=1"]) == 0

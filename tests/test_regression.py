@@ -253,7 +253,7 @@ def train(manifest: Path, out: Path, *extra: str) -> int:
             "data.patch_size=16",
             "train.batch_size=2",
             "train.warmup=1",
-            "train.progress=false",
+            "progress=false",
             "train.log_every=1",
             "val.steps=2",
             "data.val_items=2",

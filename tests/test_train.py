@@ -66,7 +66,7 @@ def train(manifest: Path, out: Path, *extra: str, device: str = "cpu") -> int:
         "data.patch_size=16",
         "train.batch_size=2",
         "train.warmup=1",
-        "train.progress=false",
+        "progress=false",
         "train.log_every=1",
         *extra,
     ]
@@ -157,7 +157,7 @@ def test_requeued_run_resumes_by_itself_and_refuses_another_config(manifest, tmp
     assert (run / "last.safetensors").read_bytes() == saved
     assert train(manifest, run, *common, "resume=maybe") == 2
     # the identical command line: continues from step 2 and ends where the uninterrupted run ends
-    assert train(manifest, run, *common, "train.progress=true") == 0
+    assert train(manifest, run, *common, "progress=true") == 0
     assert "resumed from ckpt_00000002.safetensors at step 2" in (run / "train.log").read_text()
     a = load_file(tmp_path / "straight" / "last.safetensors")
     b = load_file(run / "last.safetensors")
@@ -184,6 +184,50 @@ def test_resume_modes_and_what_counts_as_the_same_configuration():
     assert config_differences(stored, newer) == []
     changed = {**requeued, "loss": {"mmse_fraction": 0.25}, "data": {"augment": {"scale": [0.6, 1.5]}}}
     assert config_differences(stored, changed) == ["data.augment.scale", "loss.mmse_fraction"]
+
+
+def test_runs_written_before_the_shared_vocabulary_still_requeue():
+    """A checkpoint's stored config with train.amp / train.compile / train.progress equals today's config with
+    precision / compile / progress, so resume=auto continues such a run (medrecon.options.RENAMED)."""
+    from hydra import compose, initialize_config_dir
+
+    from medrecon.cli import conf_dir
+    from medrecon.train.resume import comparable_config, config_differences
+
+    def current(*overrides):
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return comparable_config(compose("train", ["manifest=m.jsonl", "out=run", *overrides]))
+
+    def written_before(cfg, amp, progress=True):
+        old = {k: v for k, v in cfg.items() if k not in ("precision", "compile", "progress")}
+        old["train"] = {**cfg["train"], "amp": amp, "compile": cfg["compile"], "progress": progress}
+        return old
+
+    now = current()
+    assert config_differences(written_before(now, amp=True), now) == []
+    assert config_differences(written_before(now, amp=True, progress=False), now) == []  # a requeue key
+    assert config_differences(written_before(now, amp=False), now) == ["precision"]
+    assert config_differences(written_before(now, amp=False), current("precision=fp32")) == []
+    assert config_differences(written_before(now, amp=True), current("compile=true")) == ["compile"]
+    # a real run written with the old spellings: the bundled sr4x demo model's stored training config
+    from medrecon.checkpoint import read_metadata
+    from medrecon.demo import demo_checkpoint
+
+    stored = read_metadata(demo_checkpoint("sr4x"))["config"]
+    assert "amp" in stored["train"] and "precision" not in stored
+    differ = config_differences(stored, current("+experiment=demo_sr4x", f"manifest={stored['manifest']}"))
+    assert not {"precision", "compile", "progress"} & set(differ), differ
+
+
+def test_shared_options_reach_the_settings():
+    settings = TrainSettings.from_cfg({"steps": 3}, precision="fp32", compile=True, progress=False)
+    assert (settings.precision, settings.compile, settings.progress) == ("fp32", True, False)
+    with pytest.raises(ValueError, match="train.amp was renamed: use precision=fp32"):
+        TrainSettings.from_cfg({"amp": False})
+    with pytest.raises(ValueError, match="precision='fp16' is not one of auto, bf16, fp32"):
+        TrainSettings(precision="fp16")
+    with pytest.raises(ValueError, match="progress='yes' must be true or false"):
+        TrainSettings(progress="yes")
 
 
 def test_dataloader_workers_do_not_change_what_is_trained(manifest, tmp_path):
@@ -315,7 +359,7 @@ def test_two_process_gloo_ddp_run(manifest, tmp_path):
         "train.steps=2",
         "train.batch_size=2",
         "train.val_every=0",
-        "train.progress=false",
+        "progress=false",
         "train.log_every=1",
     ]
     proc = subprocess.Popen(

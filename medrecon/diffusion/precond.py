@@ -23,6 +23,8 @@ sigma.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -62,6 +64,9 @@ class EDMPrecond(nn.Module):
         self.image_channels = int(image_channels)
         self.cond_channels = int(cond_channels)
         self.sigma_data = float(sigma_data)
+        #: a distilled model's record (``medrecon.diffusion.distill.DistillRecord``, set when its checkpoint is
+        #: loaded): its denoiser is trained on that grid of noise levels only, so it samples on it
+        self.distilled: Any = None
 
     def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(c_skip, c_out, c_in, c_noise)`` for ``sigma`` (any shape, float32)."""

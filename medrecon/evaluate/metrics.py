@@ -20,6 +20,12 @@ Foreground variant (suffix ``_fg``): ``mask = gt > lo + fraction * (max - lo)`` 
 masked MSE with the same ``data_range``, NMSE over masked voxels, SSIM as the mean of scikit-image's full
 SSIM map over masked pixels (the map is computed on whole slices, then pooled over the mask).
 
+Through-plane consistency (``slice_gradient_error``): ``||D_K pred - D_K gt||_2 / ||D_K gt||_2`` with ``D_K``
+the forward difference along the volume's slice axis (array axis 2, ``K``, whatever plane SSIM uses): the
+relative error of the intensity gradient across slices, 0 for a perfect reconstruction, about 1 for one that
+gets none of the through-plane structure (e.g. a constant along K). Methods that work slice by slice, or
+interpolate between thick slices, show their through-plane steps and blur here; NaN for a single slice.
+
 Missing ground truth (``valid``): voxels whose source value was NaN (``medrecon.io.finite``) have no ground
 truth; they are left out of every metric. The volume's metrics are then the masked ones over the valid
 voxels (``data_range`` from the valid voxels, SSIM pooled over them), and the foreground mask is restricted
@@ -36,12 +42,21 @@ import numpy as np
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "nmse", "psnr_fg", "ssim_fg", "nmse_fg")
+METRIC_NAMES: tuple[str, ...] = (
+    "psnr",
+    "ssim",
+    "nmse",
+    "psnr_fg",
+    "ssim_fg",
+    "nmse_fg",
+    "slice_gradient_error",
+)
 
 
 @dataclass(frozen=True)
 class VolumeMetrics:
-    """Metrics of one reconstructed volume (PSNR in dB, SSIM in [-1, 1], NMSE >= 0; ``*_fg`` on the mask)."""
+    """Metrics of one reconstructed volume (PSNR in dB, SSIM in [-1, 1], NMSE >= 0; ``*_fg`` on the mask;
+    ``slice_gradient_error`` >= 0, NaN when not computed)."""
 
     psnr: float
     ssim: float
@@ -49,6 +64,7 @@ class VolumeMetrics:
     psnr_fg: float
     ssim_fg: float
     nmse_fg: float
+    slice_gradient_error: float = float("nan")
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -107,6 +123,28 @@ def ssim(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None, slic
         return float("nan")
     values = [structural_similarity(g, p, data_range=rng, win_size=win) for g, p in zip(gt, pred)]
     return float(np.mean(values))
+
+
+def slice_gradient_error(
+    gt: np.ndarray, pred: np.ndarray, axis: int = 2, valid: np.ndarray | None = None
+) -> float:
+    """``||D pred - D gt|| / ||D gt||`` with ``D`` the forward difference along ``axis`` (see the module
+    docstring); differences that touch a voxel outside ``valid`` are left out. NaN with fewer than two slices
+    along ``axis``, no valid difference, or a ground truth constant along it."""
+    gt, pred = _check(gt, pred)
+    if gt.shape[axis] < 2:
+        return float("nan")
+    d_gt, d_pred = np.diff(gt, axis=axis), np.diff(pred, axis=axis)
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        keep = np.take(valid, range(1, valid.shape[axis]), axis=axis) & np.take(
+            valid, range(valid.shape[axis] - 1), axis=axis
+        )
+        d_gt, d_pred = d_gt[keep], d_pred[keep]
+    reference = float(np.sum(d_gt**2))
+    if d_gt.size == 0 or reference == 0:
+        return float("nan")
+    return float(np.sqrt(np.sum((d_pred - d_gt) ** 2) / reference))
 
 
 def foreground_mask(
@@ -170,8 +208,10 @@ def volume_metrics(
     fg_fraction: float = 0.05,
     fg_dilation: int = 2,
     valid: np.ndarray | None = None,
+    gradient_axis: int = 2,
 ) -> VolumeMetrics:
-    """All metrics of one volume: whole-volume PSNR/SSIM/NMSE and their foreground-masked variants.
+    """All metrics of one volume: whole-volume PSNR/SSIM/NMSE, their foreground-masked variants and the
+    through-plane gradient error along ``gradient_axis`` (the slice axis ``K`` of an ``(I, J, K)`` box).
 
     Args:
         gt, pred: volumes of the same 3D shape in intensity units, 2D slices along ``slice_axis``; finite
@@ -208,4 +248,5 @@ def volume_metrics(
         psnr_fg=psnr_fg,
         ssim_fg=ssim_fg,
         nmse_fg=nmse_fg,
+        slice_gradient_error=slice_gradient_error(gt, pred, gradient_axis, valid),
     )

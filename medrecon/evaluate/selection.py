@@ -104,7 +104,7 @@ def check_supervised(supervised: Any, loaded: Any, path: str, axis: Any = None) 
     Raises:
         UsageError: one line naming what differs.
     """
-    from medrecon.recon.run import checkpoint_axis
+    from medrecon.recon.setup import checkpoint_axis
 
     name = Path(path).name
     if supervised.spec.objective != "regression":

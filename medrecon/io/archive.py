@@ -133,27 +133,48 @@ def walk_files(root: Path, exclude: Iterable[Path] = ()) -> list[Path]:
     return files
 
 
-def discover(root: str | os.PathLike[str], *, exclude: Iterable[Path] = ()) -> Discovery:
+class ScanProgress(Protocol):
+    """What ``discover`` reports its progress to (a ``tqdm`` bar is one)."""
+
+    def reset(self, total: int | None = None) -> object: ...
+
+    def update(self, n: float | None = 1) -> object: ...
+
+
+def discover(
+    root: str | os.PathLike[str], *, exclude: Iterable[Path] = (), progress: ScanProgress | None = None
+) -> Discovery:
     """Classify and validate every file under ``root`` from headers only (see the module docstring).
 
     Args:
         root: the archive folder.
         exclude: files to leave out (e.g. the manifest being written inside the archive).
+        progress: told the number of files once the folder is walked (``reset(total=N)``), then advanced by
+            one per file examined (``update(1)``): a tqdm bar shows files/s and the ETA.
     """
     root = Path(os.path.abspath(root))
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a folder")
     nifti, h5, candidates = [], [], []
-    for path in walk_files(root, exclude):
+    files = walk_files(root, exclude)
+    if progress is not None:
+        progress.reset(total=len(files))
+    for path in files:
         if is_nifti_path(path):
             nifti.append(path)
         elif is_hdf5(path):
             h5.append(path)
         else:
             candidates.append(path)
-    items = _dicom_items(root, candidates) if candidates else []
-    items += [_nifti_item(root, p) for p in nifti]
-    items += [_h5_item(root, p) for p in h5]
+    items = _dicom_items(root, candidates, progress) if candidates else []
+    for path in nifti:
+        items.append(_nifti_item(root, path))
+        if progress is not None:
+            progress.update(1)
+    for path in h5:
+        items.append(_h5_item(root, path))
+        if progress is not None:
+            progress.update(1)
     _make_unique(items, root)
     return Discovery(root=root, items=items)
 
@@ -243,8 +264,8 @@ def _rel(root: Path, path: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
 
-def _dicom_items(root: Path, candidates: list[Path]) -> list[Item]:
-    scan = scan_dicom(candidates)
+def _dicom_items(root: Path, candidates: list[Path], progress: ScanProgress | None = None) -> list[Item]:
+    scan = scan_dicom(candidates, progress=progress)
     items = []
     for series in scan.series:
         item = Item(

@@ -338,11 +338,12 @@ def _expand(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return sorted(files, key=str)
 
 
-def scan_dicom(paths: Iterable[str | os.PathLike[str]]) -> DicomScan:
+def scan_dicom(paths: Iterable[str | os.PathLike[str]], *, progress: Any = None) -> DicomScan:
     """Read the headers of ``paths`` (folders are walked) and describe the series they hold.
 
     Each file is opened once with ``stop_before_pixels=True``; no pixel data is read or decoded. Never raises
-    for a bad file: every file ends up in a series (ok or rejected) or in ``file_rejects``.
+    for a bad file: every file ends up in a series (ok or rejected) or in ``file_rejects``. ``progress`` (a
+    tqdm bar, or anything with ``update(n)``) advances by one per file read.
     """
     files: list[FileHeader] = []
     file_rejects: list[tuple[Path, RejectedInput]] = []
@@ -352,6 +353,8 @@ def scan_dicom(paths: Iterable[str | os.PathLike[str]]) -> DicomScan:
                 files.append(read_header(path))
             except RejectedInput as err:
                 file_rejects.append((path, err))
+            if progress is not None:
+                progress.update(1)
         series = sorted((_series(group) for group in _group(files)), key=lambda s: s.key)
     return DicomScan(series=series, file_rejects=file_rejects)
 

@@ -48,6 +48,9 @@ class KSpaceInfo:
         encoded_spacing: ``(row mm, column mm, slice mm)`` of the full (inverse-FFT) image grid ``(H, W)``,
             from the ISMRMRD header's encodedSpace (field of view / matrix); ``None`` when unknown.
         recon_spacing: the same for the ground-truth grid (reconSpace); ``None`` when unknown.
+        recon_matrix: the reconSpace matrix size ``(x, y, z)`` = (rows ``h``, columns ``w``, slices) of the
+            ground-truth grid (fastMRI's ``recon_size``, what reconstructions are cropped to); ``None`` when
+            the header does not state it as positive integers.
         patient_key: a one-way hash of the ``patient_id`` attribute (to keep a patient's files in one split),
             ``None`` without one; the attribute itself is never returned.
     """
@@ -61,6 +64,7 @@ class KSpaceInfo:
     encoded_spacing: tuple[float, float, float] | None = None
     recon_spacing: tuple[float, float, float] | None = None
     patient_key: str | None = None
+    recon_matrix: tuple[int, int, int] | None = None
 
     @property
     def volume_shape(self) -> tuple[int, int, int]:
@@ -261,7 +265,7 @@ def _inspect(f: h5py.File) -> KSpaceInfo:
                 f"real ({shape[0]}, h, w) expected",
             )
         target_shape = (tshape[0], tshape[1], tshape[2])
-    encoded, recon = _header_spacing(f)
+    encoded, recon, recon_matrix = _header_geometry(f)
     return KSpaceInfo(
         kspace_shape=shape,
         multicoil=len(shape) == 4,
@@ -272,6 +276,7 @@ def _inspect(f: h5py.File) -> KSpaceInfo:
         encoded_spacing=encoded,
         recon_spacing=recon,
         patient_key=_patient_key(f.attrs),
+        recon_matrix=recon_matrix,
     )
 
 
@@ -301,19 +306,36 @@ def _safe_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
     return out
 
 
-def _header_spacing(
+def _header_geometry(
     f: h5py.File,
-) -> tuple[tuple[float, float, float] | None, tuple[float, float, float] | None]:
-    """(row mm, column mm, slice mm) for the encoded and recon grids from the ISMRMRD XML, or ``None``s."""
+) -> tuple[tuple[float, float, float] | None, tuple[float, float, float] | None, tuple[int, int, int] | None]:
+    """(row mm, column mm, slice mm) for the encoded and recon grids and the recon matrix size from the
+    ISMRMRD XML, or ``None``s."""
     if "ismrmrd_header" not in f:
-        return None, None
+        return None, None, None
     try:
         raw = f["ismrmrd_header"][()]
         text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
         root = ET.fromstring(text)
     except (OSError, ValueError, ET.ParseError, UnicodeDecodeError):
-        return None, None
-    return _space_spacing(root, "encodedSpace"), _space_spacing(root, "reconSpace")
+        return None, None, None
+    encoded, recon = _space_spacing(root, "encodedSpace"), _space_spacing(root, "reconSpace")
+    return encoded, recon, _space_matrix(root, "reconSpace")
+
+
+def _space_matrix(root: ET.Element, space: str) -> tuple[int, int, int] | None:
+    """``space``'s matrix size ``(x, y, z)``; ``None`` unless all three are positive integers."""
+    sizes = []
+    for axis in ("x", "y", "z"):
+        node = root.find(f".//m:encoding/m:{space}/m:matrixSize/m:{axis}", _ISMRMRD_NS)
+        try:
+            value = float(node.text.strip()) if node is not None and node.text else float("nan")
+        except ValueError:
+            return None
+        if not (np.isfinite(value) and value >= 1 and value == int(value)):
+            return None
+        sizes.append(int(value))
+    return (sizes[0], sizes[1], sizes[2])
 
 
 def _space_spacing(root: ET.Element, space: str) -> tuple[float, float, float] | None:

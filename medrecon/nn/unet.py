@@ -48,6 +48,44 @@ def _group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """``x`` ``(B, C, *S)`` padded at the far end of every spatial axis, by edge replication, to sizes that are
+    multiples of ``multiple`` (unchanged when they already are); crop the output back with
+    ``out[(..., *(slice(0, s) for s in S))]``."""
+    pad = [(-s) % multiple for s in x.shape[2:]]
+    if not any(pad):
+        return x
+    # F.pad lists the last dimension first; pad only at the far end so cropping is a plain slice
+    return F.pad(x, [v for p in reversed(pad) for v in (0, p)], mode="replicate")
+
+
+def check_levels(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    channels: Sequence[int],
+    attention_levels: Sequence[bool],
+    num_res_blocks: int,
+) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """The level options every U-Net of ``medrecon.nn`` shares, checked: ``(channels, attention_levels)`` as
+    tuples. Raises ``ValueError`` naming the option for anything out of range (before any layer is built)."""
+    channels = tuple(int(c) for c in channels)
+    attention_levels = tuple(bool(a) for a in attention_levels)
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    if int(in_channels) < 1 or int(out_channels) < 1:
+        raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels!r}, {out_channels!r}")
+    if not channels or min(channels) < 1:
+        raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels!r}")
+    if len(attention_levels) != len(channels):
+        raise ValueError(
+            f"attention_levels needs one flag per level ({len(channels)}), got {attention_levels!r}"
+        )
+    if int(num_res_blocks) < 1:
+        raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks!r}")
+    return channels, attention_levels
+
+
 def _zero_(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
@@ -180,22 +218,9 @@ class UNet(nn.Module):
         downsample: str = "conv",
     ) -> None:
         super().__init__()
-        channels = tuple(int(c) for c in channels)
-        attention_levels = tuple(bool(a) for a in attention_levels)
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-        if int(in_channels) < 1 or int(out_channels) < 1:
-            raise ValueError(
-                f"in_channels and out_channels must be >= 1, got {in_channels!r}, {out_channels!r}"
-            )
-        if not channels or min(channels) < 1:
-            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels!r}")
-        if len(attention_levels) != len(channels):
-            raise ValueError(
-                f"attention_levels needs one flag per level ({len(channels)}), got {attention_levels!r}"
-            )
-        if int(num_res_blocks) < 1:
-            raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks!r}")
+        channels, attention_levels = check_levels(
+            spatial_dims, in_channels, out_channels, channels, attention_levels, num_res_blocks
+        )
         if int(num_heads) < 1:
             raise ValueError(f"num_heads must be >= 1, got {num_heads!r}")
         for ch, att in zip(channels, attention_levels):
@@ -268,13 +293,10 @@ class UNet(nn.Module):
             )
         c_noise = torch.as_tensor(c_noise, device=x.device).reshape(-1).expand(x.shape[0])
         size = x.shape[2:]
-        pad = [(-s) % self.size_multiple for s in size]
-        if any(pad):
-            # F.pad lists the last dimension first; pad only at the far end so cropping is a plain slice
-            x = F.pad(x, [v for p in reversed(pad) for v in (0, p)], mode="replicate")
+        x_pad = pad_to_multiple(x, self.size_multiple)
 
         emb = self.embed(c_noise)
-        h = self.stem(x)
+        h = self.stem(x_pad)
         skips = []
         for level in self.encoder:
             h = level.run_blocks(h, emb)
@@ -287,7 +309,7 @@ class UNet(nn.Module):
                 h = level.resample(h)
             h = level.run_blocks(torch.cat([h, skips.pop()], dim=1), emb)
         out = self.out_conv(F.silu(self.out_norm(h)))
-        if any(pad):
+        if x_pad.shape[2:] != size:
             out = out[(..., *(slice(0, s) for s in size))]
         return out
 
@@ -298,4 +320,4 @@ class UNet(nn.Module):
         )
 
 
-__all__ = ["UNet", "count_parameters", "DOWNSAMPLE_MODES"]
+__all__ = ["UNet", "count_parameters", "pad_to_multiple", "DOWNSAMPLE_MODES"]

@@ -6,9 +6,13 @@ per unit. ``mean`` is the reconstruction ``(B, 1, *S)`` on the task's output gri
 standard deviation (diffusion with ``samples > 1``) or ``None``.
 
 - :class:`DiffusionMethod`: ``posterior_sample`` with the configured sampler and guidance, one generator per
-  unit built from its seed on every call (a retried batch draws the same numbers).
+  unit built from its seed on every call (a retried batch draws the same numbers). A distilled checkpoint
+  (``medrecon distill``) samples on the grid it was distilled for instead (:func:`distilled_sampler`).
 - :class:`RegressionMethod`: a regression checkpoint (``objective=regression``, the supervised baseline):
   one network evaluation plus the guidance (deterministic; seeds unused).
+- :class:`LatentMethod`: a latent checkpoint (``objective=latent``): posterior sampling in the latent space of
+  its frozen autoencoder, guidance on decoded images, decoded (and projected) output; windows of the trained
+  latent size over larger volumes (``medrecon.latent``). Same outputs and seeds as :class:`DiffusionMethod`.
 - :class:`BaselineMethod`: ``medrecon.baselines.get_baseline(name)`` (deterministic; seeds unused).
 
 :func:`model_method` picks the estimator a checkpoint was trained for (reconstruct and evaluate share it).
@@ -87,6 +91,8 @@ class DiffusionMethod:
             raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        if getattr(precond, "distilled", None) is not None:  # a distilled model samples on its own grid
+            sampler = distilled_sampler(precond.distilled, sampler, samples)
         self.precond, self.task, self.sampler, self.guidance = precond, task, sampler, guidance
         self.samples, self.precision = samples, precision
         if samples > 1 and getattr(sampler, "name", None) == "mmse" and not getattr(sampler, "renoise", 0):
@@ -121,6 +127,29 @@ class DiffusionMethod:
             cond=cond,
         )
         return result.mean.float(), (result.std.float() if self.samples > 1 else None)
+
+
+def distilled_sampler(record: Any, sampler: Any, samples: int) -> Any:
+    """The sampler of a distilled checkpoint (``medrecon distill``): the ``mmse`` rule on the grid it was
+    distilled for (``record``, a ``DistillRecord``), deterministic for one sample and with renoised draws
+    (``renoise=1``) for ``samples > 1``. ``sampler`` (the configured one) is not used: the student's denoiser
+    is trained at its grid's noise levels only. Said once on the log."""
+    chosen = record.sampler_for(samples)
+    given = getattr(sampler, "name", None)
+    log.info(
+        "distilled checkpoint: %d network evaluation(s) per sample on its grid %s (%s)%s",
+        chosen.steps,
+        "[" + ", ".join(f"{s:.4g}" for s in chosen.grid) + "]",
+        "renoised posterior draws" if chosen.renoise else "deterministic",
+        f"; sampler={given} not used" if given and given != chosen.name else "",
+    )
+    if samples > 1 and chosen.steps == 1:
+        log.warning(
+            "samples=%d with a one-step distilled model: its draws differ only through the starting noise, so "
+            "their std is no uncertainty map; distil to 2 or more steps for posterior draws",
+            samples,
+        )
+    return chosen
 
 
 class RegressionMethod(DiffusionMethod):
@@ -175,10 +204,32 @@ def model_method(
     For a regression model the sampler is not used, ``samples > 1`` becomes 1 (a deterministic estimate has
     no spread) and ``guidance=dps`` becomes ``none``; each is said on ``log`` (a ``logging.Logger``).
 
+    A latent model (``objective=latent``) gets :class:`LatentMethod`; an autoencoder (stage 1 of a latent
+    model) reconstructs nothing and is refused.
+
     Raises:
-        ValueError: an option the method refuses (samples < 1, unknown precision).
+        ValueError: an option the method refuses (samples < 1, unknown precision), or an autoencoder.
     """
-    if loaded.spec.objective != REGRESSION:
+    objective = loaded.spec.objective
+    if objective == "autoencoder":
+        raise ValueError(
+            f"{label} is an autoencoder (objective=autoencoder, stage 1 of a latent model): it reconstructs "
+            "nothing by itself; train the latent model on it (medrecon train objective=latent "
+            "autoencoder=FILE ...) and reconstruct with that checkpoint"
+        )
+    if objective == "latent":
+        return LatentMethod(
+            loaded.precond,
+            loaded.codec,
+            task,
+            sampler,
+            guidance,
+            samples=samples,
+            precision=precision,
+            compile=compile,
+            tile=latent_tile(loaded),
+        )
+    if objective != REGRESSION:
         return DiffusionMethod(
             loaded.precond, task, sampler, guidance, samples=samples, precision=precision, compile=compile
         )
@@ -199,6 +250,77 @@ def model_method(
         if note:
             log.warning("%s", note)
     return RegressionMethod(loaded.precond, task, guidance, precision=precision, compile=compile)
+
+
+def latent_tile(loaded: Any) -> tuple[int, ...] | None:
+    """The latent window of a latent checkpoint: its training patch (``data.patch_size``) on the latent grid;
+    ``None`` when the stored config does not say."""
+    from omegaconf import OmegaConf
+
+    from medrecon.data.transforms import patch_shape
+
+    size = OmegaConf.select(loaded.config, "data.patch_size", default=None)
+    if size is None:
+        return None
+    if not isinstance(size, int):
+        size = [int(s) for s in size]
+    try:
+        patch = patch_shape(size, loaded.spatial_dims)
+    except ValueError:
+        return None
+    return loaded.codec.latent_size(patch)
+
+
+class LatentMethod(DiffusionMethod):
+    """Posterior sampling with a latent checkpoint (``medrecon.latent.posterior.latent_posterior``).
+
+    Args:
+        precond: the latent ``EDMPrecond`` (eval mode, on the device).
+        codec: the checkpoint's frozen autoencoder (``LoadedModel.codec``).
+        task, sampler, samples, precision, compile: as for :class:`DiffusionMethod` (precision applies to the
+            denoiser; the autoencoder runs in float32).
+        guidance: ``dc`` projects the decoded output onto the measurement; ``dps`` also follows the
+            measurement residual's gradient through the decoder at every step; ``none`` leaves both out
+            (``medrecon.latent.posterior.guidance_plan``: measured, docs/training.md "Latent diffusion").
+        tile: the trained latent patch: the denoiser runs larger volumes in overlapping windows of it; ``None``:
+            whole volumes. The autoencoder uses its own window (``codec.tile``: its training patch, recorded in
+            the checkpoint; docs/training.md "Latent diffusion" measured why).
+    """
+
+    def __init__(
+        self,
+        precond: Any,
+        codec: Any,
+        task: Task,
+        sampler: Any,
+        guidance: Any,
+        samples: int = 1,
+        precision: str = "fp32",
+        compile: bool = False,
+        tile: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(precond, task, sampler, guidance, samples, precision, compile)
+        self.tile = None if tile is None else tuple(int(t) for t in tile)
+        self.codec = codec
+
+    def __call__(
+        self, meas: Measurement, cond: Tensor | None, seeds: Sequence[int]
+    ) -> tuple[Tensor, Tensor | None]:
+        from medrecon.latent.posterior import latent_posterior
+
+        precond = self.precond if self.precision == "fp32" else _Autocast(self.precond, self.precision)
+        result = latent_posterior(
+            precond,
+            self.codec,
+            self.task,
+            meas,
+            self.sampler,
+            self.guidance,
+            samples=self.samples,
+            generators=generators(seeds),
+            tile=self.tile,
+        )
+        return result.mean.float(), (result.std.float() if self.samples > 1 else None)
 
 
 class _Autocast:

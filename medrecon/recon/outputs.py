@@ -6,7 +6,12 @@ path is resolved and checked to lie inside the output folder before anything is 
 - ``<out>/<id>.nii.gz``          the reconstruction (float32, scanner units, output-grid affine);
 - ``<out>/<id>_std.nii.gz``      the per-voxel posterior standard deviation (``samples > 1``);
 - ``<out>/dicom/<id>/``          a derived DICOM series (DICOM inputs), written into a hidden temporary folder
-                                 beside it and renamed into place when complete.
+                                 beside it and renamed into place when complete;
+- ``<out>/fastmri/<file name>``  a fastMRI-format ``reconstruction`` file (k-space reconstructions of fastMRI
+                                 ``.h5`` inputs, ``fastmri_output=true``; ``medrecon.io.fastmri_out``). It is
+                                 the one name taken from the input rather than the id: fastMRI's evaluation
+                                 pairs a reconstruction with its target file by name. Only the final
+                                 component of the input path is used, and it must be a plain file name.
 """
 
 from __future__ import annotations
@@ -14,12 +19,18 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from medrecon.errors import UsageError
 from medrecon.volume import Volume
 
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,7 @@ class ItemOutputs:
     nifti: Path
     std: Path
     dicom: Path
+    fastmri: Path | None = None  # the fastMRI-format file, for items that write one
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.out).as_posix()
@@ -43,8 +55,12 @@ def inside(root: Path, path: Path) -> Path:
     return path_r
 
 
-def item_outputs(out: Path, item_id: str) -> ItemOutputs:
-    """The output paths for ``item_id`` inside ``out``; ValueError for an id that is not a safe name."""
+def item_outputs(out: Path, item_id: str, fastmri_from: str | Path | None = None) -> ItemOutputs:
+    """The output paths for ``item_id`` inside ``out``; ValueError for an id that is not a safe name.
+
+    ``fastmri_from``: the input file whose name the item's fastMRI-format output takes (see
+    :func:`fastmri_source`); ValueError when that name is not a plain file name.
+    """
     if not _ID_PATTERN.fullmatch(item_id) or ".." in item_id:
         raise ValueError(
             f"item id {item_id!r} is not an opaque name ([A-Za-z0-9._-], at most 128 characters)"
@@ -55,7 +71,80 @@ def item_outputs(out: Path, item_id: str) -> ItemOutputs:
         nifti=inside(out, out / f"{item_id}.nii.gz"),
         std=inside(out, out / f"{item_id}_std.nii.gz"),
         dicom=inside(out, out / "dicom" / item_id),
+        fastmri=None if fastmri_from is None else inside(out, out / "fastmri" / _plain_name(fastmri_from)),
     )
+
+
+def _plain_name(source: str | Path) -> str:
+    name = Path(source).name
+    if not _NAME_PATTERN.fullmatch(name):
+        raise ValueError(
+            "the input's file name is not a plain name ([A-Za-z0-9._-], not starting with '.'), "
+            "so no fastMRI-format output can carry it"
+        )
+    return name
+
+
+def fastmri_enabled(cfg: Any) -> bool:
+    """``fastmri_output=true|false`` (default true); anything else is a usage error."""
+    value = cfg.get("fastmri_output", True)
+    if not isinstance(value, bool):
+        raise UsageError(f"fastmri_output={value!r} must be true or false")
+    return value
+
+
+def fastmri_source(item: Any, task: Any, enabled: bool) -> Path | None:
+    """The input file whose name the item's fastMRI-format output takes, or ``None`` when it writes none.
+
+    Only k-space reconstructions write one: an ok ``h5`` item under an MRI task, with ``fastmri_output=true``.
+    """
+    from medrecon.recon.measure import is_mri
+
+    if not enabled or item.format != "h5" or not item.paths or not is_mri(task):
+        return None
+    if getattr(item, "status", "ok") != "ok":  # a rejected input writes nothing
+        return None
+    return Path(item.paths[0])
+
+
+def check_fastmri_names(sources: Sequence[Path | None]) -> None:
+    """Refuse a run in which two inputs would write the same fastMRI-format file (the same file name from
+    different folders): one would overwrite the other.
+
+    Raises:
+        UsageError: one line, without the names (folder and file names may carry patient data).
+    """
+    names = [Path(s).name for s in sources if s is not None]
+    clashes = len(names) - len(set(names))
+    if clashes:
+        raise UsageError(
+            f"{clashes} fastMRI input(s) share a file name with another input; fastMRI-format outputs are "
+            "named after the input file: reconstruct them into separate out= folders, or set "
+            "fastmri_output=false"
+        )
+
+
+def fastmri_recorded(source: Path | None, recorded: Sequence[str]) -> bool:
+    """True when an earlier run's outputs include the fastMRI-format file this run would write for the input
+    ``source`` (:func:`fastmri_source`; ``None``: none is due), so an item done before the option existed (or
+    with it off) is redone rather than skipped."""
+    return source is None or f"fastmri/{Path(source).name}" in recorded
+
+
+def write_fastmri_atomic(array: np.ndarray, source: Path, dest: Path) -> Path:
+    """Write a k-space reconstruction as fastMRI stores it.
+
+    Args:
+        array: the reconstruction ``(W, H, slices)`` as written to NIfTI (``kspace_volume``'s axes), in the
+            file's intensity units.
+        source: the fastMRI input file (its header gives the crop: ``medrecon.io.fastmri_out.recon_crop``).
+        dest: the output path (:attr:`ItemOutputs.fastmri`), replaced atomically.
+    """
+    from medrecon.io.fastmri_out import fastmri_reconstruction, write_fastmri_reconstruction
+    from medrecon.io.kspace_h5 import inspect_kspace_h5
+
+    slices = np.transpose(np.asarray(array), (2, 1, 0))  # (W, H, slices) -> (slices, H, W)
+    return write_fastmri_reconstruction(dest, fastmri_reconstruction(slices, inspect_kspace_h5(source)))
 
 
 def outputs_present(out: Path, relative: list[str]) -> bool:
@@ -114,9 +203,11 @@ def write_dicom_atomic(
 
 
 def remove_outputs(paths: ItemOutputs) -> None:
-    """Delete an item's outputs (its NIfTI, uncertainty map and derived DICOM folder), e.g. after writing one
-    of them failed: a failed item keeps no output, partial or stale."""
+    """Delete an item's outputs (its NIfTI, uncertainty map, fastMRI file and derived DICOM folder), e.g.
+    after writing one of them failed: a failed item keeps no output, partial or stale."""
     paths.nifti.unlink(missing_ok=True)
     paths.std.unlink(missing_ok=True)
+    if paths.fastmri is not None:
+        paths.fastmri.unlink(missing_ok=True)
     if paths.dicom.is_dir():
         shutil.rmtree(paths.dicom, ignore_errors=True)

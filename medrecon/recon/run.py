@@ -8,9 +8,11 @@ The input volume *is* the measurement: it is encoded with the checkpoint's encod
 units (2D slices along ``axis``, or the volume for 3D models), and every unit is reconstructed on the task's
 output grid (``medrecon.recon.measure``). Units of many items share batches (``medrecon.recon.engine``). Per
 item: ``out/<id>.nii.gz`` (scanner units, output-grid affine from ``medrecon.recon.geometry``),
-``out/<id>_std.nii.gz`` (``samples > 1``), ``out/dicom/<id>/`` for DICOM inputs, and a line in
+``out/<id>_std.nii.gz`` (``samples > 1``), ``out/dicom/<id>/`` for DICOM inputs, ``out/fastmri/<file name>``
+for fastMRI k-space inputs (``fastmri_output``, ``medrecon.recon.outputs``), and a line in
 ``out/run.jsonl`` (``medrecon.recon.ledger``). Exit codes: 0 every item ok or skipped, 3 some failed, 2 usage
-errors.
+errors. The set-up (options, checkpoint, task, sampler, guidance, method) is ``medrecon.recon.setup``'s, shared
+with evaluate and the Python API; items become engine jobs in ``medrecon.recon.jobs``.
 """
 
 from __future__ import annotations
@@ -18,112 +20,30 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from medrecon.errors import UsageError
+from medrecon.recon.jobs import ItemContext, decode_result, prepare_job
+from medrecon.recon.setup import Setup, container, output_dir, scrub
 
 log = logging.getLogger("medrecon.reconstruct")
 
 EXIT_OK, EXIT_PARTIAL = 0, 3
-_PATH_PATTERN = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s'\"():,;]+)+")
-
-
-def scrub(text: str) -> str:
-    """``text`` with anything that looks like a file path replaced by ``<path>`` (folder names may be PHI)."""
-    return _PATH_PATTERN.sub("<path>", text)
-
-
-@dataclass
-class ItemContext:
-    """What finishing an item needs: the input, its encoder, and how to map units back to a volume."""
-
-    item: Any
-    source: Any  # the input Volume, or None (k-space)
-    encoder: Any
-    affine: np.ndarray
-    meta: dict[str, Any]
-    assemble: Any  # (N, *S) units -> (I, J, K) array
-    started: float
-    nonfinite: Any = None  # the input's NonFinite counts (medrecon.io.finite)
-    note: str = ""  # what was done to the input (NaN voxels replaced), for the run record
-    spacing: Any = None  # its SpacingPlan (medrecon.recon.spacing): flagged, resampled for the network
-
-
-def _container(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    """Hydra's output folder for this job (``out``, or ``out/<n>`` in a multirun), else ``cfg.out``."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(str(cfg.out))
+#: Items read ahead while the current one computes (``medrecon.recon.prefetch``).
+PREFETCH_DEPTH = 1
+#: Threads writing finished volumes while the next batches compute (``medrecon.recon.engine``).
+WRITE_THREADS = 1
 
 
 # ------------------------------------------------------------------------------------------------ setup
-@dataclass
-class Setup:
-    """Everything resolved from the config before the first item."""
-
-    method_name: str
-    method: Any
-    task: Any
-    encoder: Any  # the checkpoint's Encoder, or None (per-item default from cfg.encoder)
-    layout: Any
-    context: int
-    device: torch.device
-    settings: str
-    spacing: Any = None  # the SpacingPolicy (medrecon.recon.spacing): spacing=native|auto, training range
-
-
-def resolve_task(cfg: DictConfig, loaded: Any) -> Any:
-    """The task: the checkpoint's (a given ``task=`` must name the same one), else ``task=``."""
-    from medrecon.physics.registry import build_task
-
-    given = cfg.get("task")
-    if loaded is not None:
-        if given is not None:
-            ours = {k: v for k, v in dict(_container(given)).items() if k != "spatial_dims"}
-            theirs = {k: v for k, v in dict(loaded.spec.task).items() if k != "spatial_dims"}
-            if ours != theirs:
-                differs = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-                raise UsageError(
-                    f"task= differs from the checkpoint's task in {differs}; a checkpoint reconstructs "
-                    "the task it was trained for: leave task= out"
-                )
-        return loaded.task
-    if given is None:
-        raise UsageError("a baseline method needs task=TASK (e.g. task=sr4x) when no checkpoint= is given")
-    try:
-        return build_task(_container(given))
-    except (ValueError, TypeError) as err:
-        raise UsageError(f"task=: {err}") from err
-
-
-def checkpoint_axis(loaded: Any, override: Any) -> int:
-    """The slice axis: ``axis=`` when set, else the checkpoint's ``data.axis`` when it is one axis, else 2."""
-    if override is not None:
-        if override not in (0, 1, 2):
-            raise UsageError(f"axis={override!r} is not one of 0, 1, 2")
-        return int(override)
-    if loaded is not None:
-        axis = OmegaConf.select(loaded.config, "data.axis", default=None)
-        if isinstance(axis, int) and axis in (0, 1, 2):
-            return axis
-    return 2
-
-
 def settings_key(cfg: DictConfig, method_name: str, task: Any, precision: str = "fp32") -> str:
     """A short hash of everything that changes the result: a finished item is redone when it differs.
     ``precision`` is the resolved network precision (``fp32`` or ``bf16``). The checkpoint enters by its
@@ -141,15 +61,15 @@ def settings_key(cfg: DictConfig, method_name: str, task: Any, precision: str = 
         "task": getattr(task, "name", None),
         "checkpoint": ckpt_id,
         "weights": cfg.get("weights"),
-        "sampler": _container(cfg.get("sampler")) if method_name == "diffusion" else None,
-        "guidance": _container(cfg.get("guidance")) if method_name in ("diffusion", "regression") else None,
+        "sampler": container(cfg.get("sampler")) if method_name == "diffusion" else None,
+        "guidance": container(cfg.get("guidance")) if method_name in ("diffusion", "regression") else None,
         "samples": int(cfg.samples) if method_name == "diffusion" else 1,
         "precision": precision if method_name in ("diffusion", "regression") else None,
         "seed": int(cfg.seed),
         "axis": cfg.get("axis"),
         "dicom": bool(cfg.get("dicom", True)),
         "dicom_identity": str(cfg.get("dicom_identity", "source")),
-        "encoder": None if ckpt else _container(cfg.get("encoder")),
+        "encoder": None if ckpt else container(cfg.get("encoder")),
     }
     if cfg.get("spacing", "native") != "native":  # only then: native runs keep their earlier settings
         parts["spacing"] = [cfg.get("spacing"), cfg.get("spacing_tolerance")]
@@ -167,171 +87,36 @@ def dicom_identity(cfg: DictConfig) -> str:
         raise UsageError(str(err)) from err
 
 
-def bool_option(cfg: DictConfig, name: str) -> bool:
-    """A boolean option (``name=true|false``); anything else is a usage error."""
-    value = cfg.get(name, False)
-    if not isinstance(value, bool):
-        raise UsageError(f"{name}={value!r} must be true or false")
-    return value
-
-
 def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
-    """Validate the options and load the model or baseline (usage problems raise ``UsageError``)."""
-    from hydra.utils import instantiate
+    """Validate the options and load the model or baseline (``medrecon.recon.setup``; usage problems raise
+    ``UsageError``)."""
+    from medrecon.recon.setup import cfg_run_options, check_method_name, load_model, reconstruct_setup
 
-    from medrecon.baselines import BASELINES
-    from medrecon.device import resolve_precision
-    from medrecon.recon.methods import DIFFUSION, REGRESSION, BaselineMethod, model_method
-    from medrecon.recon.slicing import Layout
-    from medrecon.recon.spacing import spacing_policy
-
-    method_name = str(cfg.method)
-    allowed = (DIFFUSION, *BASELINES)
-    if method_name not in allowed:
-        raise UsageError(f"method={method_name!r} is not one of {', '.join(allowed)}")
-    samples = cfg.samples
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise UsageError(f"samples={samples!r} must be an integer >= 1")
-    if isinstance(cfg.batch_size, bool) or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise UsageError(f"batch_size={cfg.batch_size!r} must be an integer >= 1")
-    precision = resolve_precision(cfg.get("precision", "auto"), device)
+    method_name = check_method_name(str(cfg.method))
+    options = cfg_run_options(cfg, device)
     dicom_identity(cfg)
     loaded = None
     if cfg.get("checkpoint"):
-        from medrecon.checkpoint import load_checkpoint
-
-        try:
-            loaded = load_checkpoint(str(cfg.checkpoint), device=device, weights=str(cfg.weights))
-        except ValueError as err:
-            raise UsageError(f"checkpoint={cfg.checkpoint}: {err}") from err
-    elif method_name == DIFFUSION:
-        raise UsageError("method=diffusion needs checkpoint=FILE (a model from 'medrecon train')")
-    task = resolve_task(cfg, loaded)
-    spatial_dims = loaded.spatial_dims if loaded is not None else int(task.spatial_dims)
-    layout = Layout(spatial_dims=spatial_dims, axis=checkpoint_axis(loaded, cfg.get("axis")))
-    try:
-        if method_name == DIFFUSION:
-            sampler = instantiate(cfg.sampler)
-            guidance = instantiate(cfg.guidance)
-            method = model_method(  # a regression checkpoint runs its one evaluation (method "regression")
-                loaded,
-                task,
-                sampler,
-                guidance,
-                samples=samples,
-                precision=precision,
-                compile=bool_option(cfg, "compile"),
-                log=log,
-            )
-            method_name = method.name
-        else:
-            if samples > 1:
-                log.warning("samples=%d is ignored: baseline %s is deterministic", samples, method_name)
-            method = BaselineMethod(method_name, task)
-    except ValueError as err:
-        raise UsageError(str(err)) from err
-    context = loaded.context if (loaded is not None and method_name in (DIFFUSION, REGRESSION)) else 0
-    return Setup(
-        method_name=method_name,
-        method=method,
-        task=task,
-        encoder=loaded.encoder if loaded is not None else None,
-        layout=layout,
-        context=context,
-        device=device,
-        settings=settings_key(cfg, method_name, task, precision),
-        spacing=spacing_policy(cfg, loaded, task),
+        loaded = load_model(cfg.checkpoint, device=device, weights=str(cfg.weights))
+    setup = reconstruct_setup(
+        method_name,
+        loaded=loaded,
+        task=cfg.get("task"),
+        sampler=cfg.get("sampler"),
+        guidance=cfg.get("guidance"),
+        options=options,
+        axis=cfg.get("axis"),
+        spacing={
+            "spacing": cfg.get("spacing", "native"),
+            "spacing_tolerance": cfg.get("spacing_tolerance", 1.5),
+        },
+        encoder=container(cfg.get("encoder")),
     )
+    setup.settings = settings_key(cfg, setup.method_name, setup.task, options.precision)
+    return setup
 
 
 # ------------------------------------------------------------------------------------------------ items
-def item_encoder(setup: Setup, cfg: DictConfig, modality: str | None) -> Any:
-    """The unfitted encoder for an item: the checkpoint's, else ``cfg.encoder`` for the item's modality."""
-    if setup.encoder is not None:
-        return setup.encoder
-    from medrecon.data.encoder import build_encoder
-
-    return build_encoder(_container(cfg.encoder), modality)
-
-
-def prepare_job(item: Any, setup: Setup, cfg: DictConfig) -> Any:
-    """Read an item and build its job: encoded measurement units, seeds, 2.5D conditions, and the output grid.
-
-    Raises:
-        RejectedInput: the reader refuses the item, or the task cannot use it.
-    """
-    from medrecon.io.archive import load_item
-    from medrecon.io.errors import Reason, RejectedInput
-    from medrecon.io.finite import NonFinite
-    from medrecon.recon.engine import Job
-    from medrecon.recon.geometry import upsampled_affine
-    from medrecon.recon.measure import (
-        image_measurement,
-        is_mri,
-        kspace_measurement,
-        stacked_conditions,
-        unit_seeds,
-    )
-    from medrecon.recon.spacing import SpacingPolicy
-
-    started = time.perf_counter()
-    task, layout = setup.task, setup.layout
-    spacing_policy = setup.spacing or SpacingPolicy()
-    if item.status != "ok":
-        raise RejectedInput(_reason(item.reason), item.detail or "rejected when the archive was scanned")
-    if item.format == "h5" and is_mri(task):
-        from medrecon.io.kspace_h5 import read_kspace_h5
-
-        data = read_kspace_h5(item.paths[0])
-        meas, encoder = kspace_measurement(task, data.kspace, data.mask, item_encoder(setup, cfg, "MR"))
-        spacing = data.info.encoded_spacing
-        col_mm, row_mm, slice_mm = (spacing[1], spacing[0], spacing[2]) if spacing else (1.0, 1.0, 1.0)
-        affine = np.diag([col_mm, row_mm, slice_mm, 1.0])
-        plan = spacing_policy.inspect(item.id, affine if spacing else None, None, layout)
-        source, meta = None, {"modality": "MR"}
-        nonfinite = NonFinite()  # read_kspace_h5 refuses non-finite k-space
-
-        def assemble(units: np.ndarray) -> np.ndarray:  # (slices, H, W) -> (W, H, slices), like kspace_volume
-            return np.ascontiguousarray(np.transpose(units, (2, 1, 0)))
-
-    else:
-        source = load_item(item)
-        nonfinite = NonFinite.from_dict(source.meta["nonfinite"])
-        if source.array.ndim != 3:
-            raise RejectedInput(Reason.UNSUPPORTED, f"a {source.array.ndim}D array is not a single 3D volume")
-        modality = source.meta.get("modality")
-        encoder = item_encoder(setup, cfg, modality).for_volume(source.array)
-        units = torch.from_numpy(encoder.encode(layout.units(source.array)))[:, None]
-        factors = layout.factors(tuple(task.scale))
-        affine = upsampled_affine(source.affine, factors)
-        out_shape = tuple(int(n) * int(f) for n, f in zip(source.array.shape, factors))
-        plan = spacing_policy.inspect(item.id, affine, out_shape, layout)
-        meas = image_measurement(task, plan.to_model(units))  # spacing=auto: on the training grid
-        meta = {"modality": modality}
-        if isinstance(source.meta.get("nifti"), dict):
-            meta["nifti"] = dict(source.meta["nifti"])
-        assemble = layout.volume
-    count = int(meas.y.shape[0])
-    cond = stacked_conditions(task, meas, setup.context)
-    note = ""
-    if nonfinite.nan:
-        note = f"{nonfinite.nan} NaN voxel(s) read as the background value {source.meta['nan_fill']:.6g}"
-        log.info("item %s: %s", item.id, note)
-    note = "; ".join(n for n in (note, plan.note) if n)
-    context = ItemContext(item, source, encoder, affine, meta, assemble, started, nonfinite, note, plan)
-    seeds = unit_seeds(item.id, count, int(cfg.seed))
-    return Job(key=item.id, method=setup.method_name, meas=meas, seeds=seeds, cond=cond, context=context)
-
-
-def _reason(code: str | None) -> Any:
-    from medrecon.io.errors import Reason
-
-    try:
-        return Reason(code)
-    except ValueError:
-        return Reason.UNREADABLE
-
-
 def write_outputs(
     job: Any, mean: torch.Tensor, std: torch.Tensor | None, setup: Setup, cfg: DictConfig, out: Path
 ) -> list[str]:
@@ -342,35 +127,37 @@ def write_outputs(
     """
     from medrecon.io.finite import require_finite
     from medrecon.io.nifti import write_nifti
-    from medrecon.recon.outputs import item_outputs, write_dicom_atomic
+    from medrecon.recon.outputs import (
+        fastmri_enabled,
+        fastmri_source,
+        item_outputs,
+        write_dicom_atomic,
+        write_fastmri_atomic,
+    )
     from medrecon.volume import Volume
 
     ctx: ItemContext = job.context
-    paths = item_outputs(out, ctx.item.id)
-    encoder = ctx.encoder
-    if ctx.spacing is not None:  # spacing=auto: from the training grid back to the item's output grid
-        mean, std = ctx.spacing.to_native(mean), ctx.spacing.to_native(std)
-    array = ctx.assemble(encoder.decode(mean[:, 0].numpy()))
+    fastmri_from = fastmri_source(ctx.item, setup.task, fastmri_enabled(cfg))  # k-space inputs only
+    paths = item_outputs(out, ctx.item.id, fastmri_from)
+    array, std_array = decode_result(ctx, mean, std)
     expected = _expected_shape(ctx, setup)
     if expected is not None and tuple(array.shape) != expected:
         raise ValueError(f"the reconstruction has shape {tuple(array.shape)}, expected {expected}")
     require_finite(array, f"the {setup.method_name} reconstruction")  # NonFiniteOutput: nothing is written
-    if std is not None:
-        require_finite(std, "the posterior standard deviation")
+    if std_array is not None:
+        require_finite(std_array, "the posterior standard deviation")
     volume = Volume(array=array.astype(np.float32), affine=ctx.affine, meta=dict(ctx.meta))
     write_nifti(volume, paths.nifti)
     outputs = [paths.relative(paths.nifti)]
-    if std is not None:
-        scale = (float(encoder.high) - float(encoder.low)) / 2.0
-        std_volume = Volume(
-            array=(ctx.assemble(std[:, 0].numpy()) * scale).astype(np.float32),
-            affine=ctx.affine,
-            meta=dict(ctx.meta),
-        )
+    if std_array is not None:
+        std_volume = Volume(array=std_array.astype(np.float32), affine=ctx.affine, meta=dict(ctx.meta))
         write_nifti(std_volume, paths.std)
         outputs.append(paths.relative(paths.std))
     else:
         paths.std.unlink(missing_ok=True)  # a stale uncertainty map from an earlier run with samples > 1
+    if paths.fastmri is not None and fastmri_from is not None:  # fastMRI's evaluation reads this file
+        write_fastmri_atomic(volume.array, fastmri_from, paths.fastmri)
+        outputs.append(paths.relative(paths.fastmri))
     if ctx.item.format == "dicom" and cfg.dicom and ctx.source is not None:
         description = f"medrecon {setup.method_name} {getattr(setup.task, 'name', '')}".strip()[:64]
         write_dicom_atomic(
@@ -403,7 +190,16 @@ def run(cfg: DictConfig) -> int:
     from medrecon.recon.engine import ERROR, Engine, describe
     from medrecon.recon.inputs import resolve_inputs
     from medrecon.recon.ledger import RunLedger, RunRecord, previous_records
-    from medrecon.recon.outputs import item_outputs, outputs_present, remove_outputs
+    from medrecon.recon.outputs import (
+        check_fastmri_names,
+        fastmri_enabled,
+        fastmri_recorded,
+        fastmri_source,
+        item_outputs,
+        outputs_present,
+        remove_outputs,
+    )
+    from medrecon.recon.prefetch import prefetch
 
     env = sharding.env_from_environ()
     quiet_non_main(env.rank)
@@ -414,6 +210,8 @@ def run(cfg: DictConfig) -> int:
     items = resolve_inputs(str(cfg.input), cfg.get("split"))
     if not items:
         raise UsageError(f"input={cfg.input} holds no scans")
+    fastmri = fastmri_enabled(cfg)
+    check_fastmri_names([fastmri_source(item, setup.task, fastmri) for item in items])
     order = [item.id for item in items]
     mine = sharding.select_ids(order, env)
     created = sharding.start(env)
@@ -431,6 +229,7 @@ def run(cfg: DictConfig) -> int:
     )
     progress = _progress(todo, setup, cfg, env.rank)
     finished: list[RunRecord] = []
+    recording = threading.Lock()  # outputs are written (and recorded) on the engine's writer thread
 
     def record(
         item: Any,
@@ -453,9 +252,10 @@ def run(cfg: DictConfig) -> int:
             settings=setup.settings,
             nonfinite=nonfinite,
         )
-        ledger.append(rec)
-        finished.append(rec)
-        progress.item_done()
+        with recording:
+            ledger.append(rec)
+            finished.append(rec)
+            progress.item_done()
         if status == "failed":
             log.warning("item %s failed: %s%s", item.id, reason, f" ({rec.detail})" if rec.detail else "")
         else:
@@ -470,7 +270,8 @@ def run(cfg: DictConfig) -> int:
             record(ctx.item, "failed", err.reason, seconds=seconds, detail=str(err), nonfinite=ctx.nonfinite)
             return
         except BaseException:  # e.g. the DICOM series failed after the NIfTI: the engine fails the item
-            remove_outputs(item_outputs(out, ctx.item.id))  # a failed item keeps no output
+            # a failed item keeps no output
+            remove_outputs(item_outputs(out, ctx.item.id, fastmri_source(ctx.item, setup.task, fastmri)))
             raise
         record(ctx.item, "ok", outputs=outputs, seconds=seconds, detail=ctx.note, nonfinite=ctx.nonfinite)
 
@@ -481,42 +282,53 @@ def run(cfg: DictConfig) -> int:
 
     engine = Engine(
         {setup.method_name: setup.method},
-        int(cfg.batch_size),
-        device,
-        on_done,
-        on_fail,
+        device=device,
+        on_done=on_done,
+        on_fail=on_fail,
         on_batch=progress.units_done,
+        write_threads=WRITE_THREADS,  # the next batches compute while a finished volume is written
+        **setup.options.engine_options(),
     )
+
+    def finished_before(item: Any) -> bool:  # the same work is done and its outputs are there
+        before = previous.get(item.id)
+        return (
+            before is not None
+            and before.done
+            and before.settings == setup.settings
+            and outputs_present(out, before.outputs)
+            and fastmri_recorded(fastmri_source(item, setup.task, fastmri), before.outputs)
+        )
+
+    def load(item: Any) -> Any:
+        # refuses ids (and fastMRI file names) that are not safe names before any work
+        item_outputs(out, item.id, fastmri_source(item, setup.task, fastmri))
+        return prepare_job(item, setup)
+
     interrupted = True
     try:
+        pending = []
         for item in todo:
-            before = previous.get(item.id)
-            if (
-                before is not None
-                and before.done
-                and before.settings == setup.settings
-                and outputs_present(out, before.outputs)
-            ):
-                record(item, "skipped", "outputs exist", outputs=before.outputs)
+            if finished_before(item):
+                record(item, "skipped", "outputs exist", outputs=previous[item.id].outputs)
                 progress.units_done(_unit_count(item, setup))
+            else:
+                pending.append(item)
+        # the next item is read while this one computes; its writing overlaps the next batches (engine)
+        for loaded in prefetch(pending, load, depth=PREFETCH_DEPTH):
+            item, job, err = loaded.item, loaded.value, loaded.error
+            if isinstance(err, RejectedInput):
+                record(item, "failed", err.reason.value, seconds=loaded.seconds, detail=err.detail)
                 continue
-            started = time.perf_counter()
-            try:
-                item_outputs(out, item.id)  # refuses ids that are not safe names before any work
-                job = prepare_job(item, setup, cfg)
-            except RejectedInput as err:
-                record(
-                    item, "failed", err.reason.value, seconds=time.perf_counter() - started, detail=err.detail
-                )
-                continue
-            except Exception as err:  # noqa: BLE001 - one unreadable item must not stop the run
+            if err is not None:  # one unreadable item must not stop the run
                 log.debug("item %s could not be prepared", item.id, exc_info=err)
-                record(item, "failed", ERROR, seconds=time.perf_counter() - started, detail=describe(err))
+                record(item, "failed", ERROR, seconds=loaded.seconds, detail=describe(err))
                 continue
             engine.submit(job)
         engine.flush()
         interrupted = False
     finally:
+        engine.stop()  # an interruption still waits for the volume being written: no partial outputs
         progress.close()
         if interrupted and not env.distributed:
             ledger.finalize(order)  # keep what finished before the interruption, one record per item
@@ -533,36 +345,12 @@ def _unit_count(item: Any, setup: Setup) -> int:
     return setup.layout.count(tuple(shape)) if shape else 0
 
 
-class _Progress:
-    """A tqdm bar over units (slices) with items done in the postfix; a no-op when disabled."""
+def _progress(todo: list[Any], setup: Setup, cfg: DictConfig, rank: int) -> Any:
+    from medrecon.progress import Progress
 
-    def __init__(self, total_units: int | None, total_items: int, enabled: bool) -> None:
-        self.items, self.total_items = 0, total_items
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total_units, unit="slice", desc="reconstruct", dynamic_ncols=True)
-            self.bar.set_postfix_str(f"items 0/{total_items}")
-
-    def units_done(self, n: int) -> None:
-        if self.bar is not None and n:
-            self.bar.update(n)
-
-    def item_done(self) -> None:
-        self.items += 1
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"items {self.items}/{self.total_items}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _progress(todo: list[Any], setup: Setup, cfg: DictConfig, rank: int) -> _Progress:
     counts = [_unit_count(item, setup) if item.status == "ok" else 0 for item in todo]
     total = sum(counts) if all(getattr(i, "shape", None) for i in todo if i.status == "ok") else None
-    return _Progress(total, len(todo), bool(cfg.get("progress", True)) and rank == 0)
+    return Progress(total, len(todo), bool(cfg.get("progress", True)) and rank == 0, desc="reconstruct")
 
 
 def _summary(records: list[Any], out: Path | None) -> None:

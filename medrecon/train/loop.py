@@ -37,7 +37,7 @@ from medrecon.checkpoint import ModelSpec, load_weights, read_metadata, save_che
 from medrecon.data.build import TrainingData
 from medrecon.data.context import training_pair
 from medrecon.data.sampler import ResumableSampler
-from medrecon.device import cuda_memory_format, network_autocast
+from medrecon.device import cuda_memory_format, network_autocast, resolve_precision
 from medrecon.distributed import DistEnv, all_reduce_mean, any_process
 from medrecon.train.optim import build_optimizer, build_scheduler
 from medrecon.train.rundir import RunDir
@@ -116,7 +116,8 @@ class Trainer:
         spec: the model spec (also stored in checkpoints).
         task: the instantiated task (pair synthesis and validation).
         data: datasets and the encoder.
-        loss_fn: ``EDMLoss``, or ``RegressionLoss`` for ``objective=regression`` (same calling convention).
+        loss_fn: ``EDMLoss``, or ``RegressionLoss`` for ``objective=regression``, ``AutoencoderLoss`` or
+            ``LatentLoss`` for latent diffusion (``medrecon.latent.loss``; same calling convention).
         config: the resolved run config (stored in checkpoints).
         out: the run directory.
         device: this process's device.
@@ -125,6 +126,8 @@ class Trainer:
         validator: ``validator(ema_precond, step) -> ValidationResult | None``, called on rank 0
             (``medrecon.train.validate.Validator``).
         num_workers: DataLoader workers.
+        frozen: a latent model's frozen autoencoder, written into every checkpoint (``ae.*``).
+        autoencoder_score: that autoencoder's best validation, recorded in the checkpoints' card.
     """
 
     def __init__(
@@ -142,7 +145,10 @@ class Trainer:
         seed: int,
         validator: Any = None,
         num_workers: int = 0,
+        frozen: nn.Module | None = None,
+        autoencoder_score: ValidationScore | None = None,
     ) -> None:
+        self.frozen, self.autoencoder_score = frozen, autoencoder_score
         self.settings, self.spec, self.task, self.data, self.loss_fn = settings, spec, task, data, loss_fn
         self.config, self.run_dir, self.device = config, RunDir(Path(out)), device
         self.env, self.seed = env, seed
@@ -172,7 +178,7 @@ class Trainer:
         self.scheduler = build_scheduler(
             self.optimizer, settings.warmup, settings.steps, settings.min_lr_ratio
         )
-        precision = "bf16" if cuda and settings.amp else "fp32"
+        precision = resolve_precision(settings.precision, device)
         self.autocast = lambda: network_autocast(precision, device)
         self.step = 0
         self.bad_total = 0
@@ -361,7 +367,10 @@ class Trainer:
             encoder=self.data.encoder,
             config=self.config,
             step=self.step,
-            card=TrainingCard(data=self.data.summary, validation=self.best_val),
+            card=TrainingCard(
+                data=self.data.summary, validation=self.best_val, autoencoder=self.autoencoder_score
+            ),
+            frozen=self.frozen,
         )
 
     # ---- validation & logging -----------------------------------------------------------------------------
@@ -450,7 +459,7 @@ class Trainer:
                         raise TrainingStopped(
                             f"stopped at step {self.step}: {self.bad_in_row} non-finite steps in a row "
                             f"(train.max_bad_steps={s.max_bad_steps}); lower train.lr, raise train.warmup, "
-                            "set train.grad_clip, or turn off train.amp; the last checkpoint holds finite "
+                            "set train.grad_clip, or pass precision=fp32; the last checkpoint holds finite "
                             "weights"
                         )
                 bar.update(1)

@@ -39,7 +39,7 @@ REQUEUE_KEYS = frozenset(
         "out",  # the folder is the run (stored as its final name only)
         "device",  # a requeued job may land on another GPU index
         "data.num_workers",  # samples do not depend on it (tested)
-        "train.progress",
+        "progress",  # train.progress in runs written before the shared vocabulary (medrecon.options)
         "train.log_every",
         "train.val_every",
         "train.ckpt_every",
@@ -60,6 +60,12 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "data.augment.gamma": None,
     "data.augment.bias_field": None,
     "data.augment.p": 0.5,
+    # latent diffusion (medrecon.train.latent): options of the two stages, inert for other objectives
+    "autoencoder_loss.norm": "l1",
+    "autoencoder_loss.kl_weight": 1e-6,
+    "autoencoder": None,
+    "latent.condition": "encode",
+    "latent.scale_samples": 16,
 }
 
 _MAX_LISTED = 8
@@ -99,8 +105,13 @@ def config_differences(
     stored: Mapping[str, Any], current: Mapping[str, Any], ignore: frozenset[str] = REQUEUE_KEYS
 ) -> list[str]:
     """Dotted keys whose values differ (or exist on one side only), sorted; keys in ``ignore`` (and below
-    them) are left out. A key of :data:`ADDED_DEFAULTS` missing from either side takes its value there."""
-    a, b = dict(_leaves(stored)), dict(_leaves(current))
+    them) are left out. Renamed options are compared under their new names (``train.amp: true`` of a run
+    written before the rename is ``precision: auto``, ``medrecon.options.RENAMED``); a key of
+    :data:`ADDED_DEFAULTS` missing from either side takes its value there."""
+    from medrecon.options import upgrade_renamed
+
+    a = upgrade_renamed("train", dict(_leaves(stored)))
+    b = upgrade_renamed("train", dict(_leaves(current)))
     for key, value in ADDED_DEFAULTS.items():
         a.setdefault(key, value)
         b.setdefault(key, value)

@@ -50,27 +50,39 @@ def build_task(task_cfg: Any, spatial_dims: int) -> tuple[Any, dict[str, Any]]:
 
 
 def training_objective(cfg: DictConfig) -> str:
-    """``objective=``: ``diffusion`` (the EDM denoiser, ``cfg.loss``) or ``regression`` (the supervised
-    baseline, ``cfg.regression``: the same network mapping the condition to the image in one evaluation).
+    """``objective=``: ``diffusion`` (the EDM denoiser, ``cfg.loss``), ``regression`` (the supervised
+    baseline, ``cfg.regression``: the same network mapping the condition to the image in one evaluation),
+    ``autoencoder`` or ``latent`` (the two stages of latent diffusion; ``medrecon.train.latent``, which also
+    reads the spellings ``model=autoencoder`` and ``model.autoencoder=FILE``).
 
     Raises:
-        UsageError: any other value.
+        UsageError: any other value, or a model that contradicts it.
     """
-    from medrecon.checkpoint import OBJECTIVES
+    from medrecon.train.latent import training_objective as objective_of
 
-    value = cfg.get("objective", OBJECTIVES[0])
-    if not isinstance(value, str) or value not in OBJECTIVES:
-        raise UsageError(f"objective={value!r} is not one of {', '.join(OBJECTIVES)}")
-    return value
+    return objective_of(cfg)
 
 
-def build_loss(cfg: DictConfig, objective: str) -> Any:
-    """The loss of ``objective``: ``EDMLoss`` from ``cfg.loss``, or ``RegressionLoss`` from ``cfg.regression``
-    with the preconditioner's ``sigma_data`` of ``cfg.loss`` (one ``sigma_data`` per model)."""
+def build_loss(cfg: DictConfig, objective: str, codec: Any = None) -> Any:
+    """The loss of ``objective``: ``EDMLoss`` from ``cfg.loss``; ``RegressionLoss`` from ``cfg.regression``;
+    ``AutoencoderLoss`` from ``cfg.autoencoder_loss``; ``LatentLoss`` (``EDMLoss`` through the frozen
+    ``codec``); always with the ``sigma_data`` of ``cfg.loss`` (one ``sigma_data`` per model)."""
     from hydra.utils import instantiate
 
     if objective == "diffusion":
         return instantiate(cfg.loss)
+    if objective == "latent":
+        from medrecon.latent.loss import LatentLoss
+
+        return LatentLoss(instantiate(cfg.loss), codec)
+    if objective == "autoencoder":
+        from medrecon.latent.loss import AutoencoderLoss
+
+        options = _container(cfg.get("autoencoder_loss") or {})
+        unknown = sorted(set(options) - {"norm", "kl_weight"})
+        if unknown:
+            raise ValueError(f"unknown autoencoder_loss option(s) {unknown}; known: ['kl_weight', 'norm']")
+        return AutoencoderLoss(sigma_data=float(cfg.loss.sigma_data), **options)
     from medrecon.diffusion.regression import RegressionLoss
 
     options = _container(cfg.get("regression") or {})
@@ -82,7 +94,7 @@ def build_loss(cfg: DictConfig, objective: str) -> Any:
 
 def validation_guidance(guidance: Any, objective: str) -> Any:
     """The validation guidance: ``cfg.guidance``, except ``dps`` for a regression model (logged, then none)."""
-    if objective == "diffusion":
+    if objective != "regression":
         return guidance
     from medrecon.diffusion.regression import regression_guidance
 
@@ -90,6 +102,42 @@ def validation_guidance(guidance: Any, objective: str) -> Any:
     if note:
         log.info("validation: %s", note)
     return guidance
+
+
+def model_spec(
+    cfg: DictConfig,
+    objective: str,
+    task: Any,
+    task_dict: dict[str, Any],
+    context: int,
+    loss_fn: Any,
+    stage1: Any = None,
+    codec: Any = None,
+) -> Any:
+    """The ``ModelSpec`` a run trains and stores: the network of ``cfg.model`` (without ``model.autoencoder``),
+    the task, and the channels of the objective (``ModelSpec.expected_channels``); a latent spec also names
+    the frozen autoencoder (``stage1``'s model config), the latent scale and the condition mode."""
+    from medrecon.checkpoint import ModelSpec
+    from medrecon.train.latent import model_config
+
+    latent = None
+    if codec is not None:
+        latent = {"autoencoder": stage1.spec.model, "scale": codec.scale, "condition": codec.condition_mode}
+        if codec.tile is not None:
+            latent["window"] = list(codec.tile)
+    spatial_dims = int(cfg.data.get("spatial_dims", 2))
+    base = {
+        "model": model_config(cfg),
+        "task": task_dict,
+        "spatial_dims": spatial_dims,
+        "context": context,
+        "sigma_data": float(loss_fn.sigma_data),
+        "objective": objective,
+        "latent": latent,
+    }
+    probe = ModelSpec(**base, image_channels=int(task.image_channels), cond_channels=0)
+    image_channels, cond_channels = probe.expected_channels(task)
+    return ModelSpec(**base, image_channels=image_channels, cond_channels=cond_channels)
 
 
 def run_directory(cfg: DictConfig) -> Path:
@@ -105,18 +153,25 @@ def run(cfg: DictConfig) -> int:
     """Train; returns the exit code (0 done, 1 stopped by non-finite steps); raises ``UsageError``."""
     from hydra.utils import instantiate
 
-    from medrecon.checkpoint import ModelSpec
     from medrecon.data.build import build_training_data
+    from medrecon.train.latent import (
+        autoencoder_path,
+        check_encoder,
+        latent_codec,
+        load_stage1,
+        patch_factors,
+        stored_scale,
+    )
     from medrecon.train.loop import Trainer
     from medrecon.train.resume import should_resume
     from medrecon.train.rundir import RunDir
-    from medrecon.train.settings import TrainSettings
+    from medrecon.train.settings import TOP_LEVEL, TrainSettings
     from medrecon.train.validate import Validator
 
     env = env_from_environ()
     quiet_non_main(env.rank)
     try:
-        settings = TrainSettings.from_cfg(cfg.train)
+        settings = TrainSettings.from_cfg(cfg.train, **{k: cfg[k] for k in TOP_LEVEL if k in cfg})
     except ValueError as err:
         raise UsageError(str(err)) from err
     objective = training_objective(cfg)
@@ -130,18 +185,17 @@ def run(cfg: DictConfig) -> int:
         try:  # configuration problems surface here as ValueError: report them as usage errors
             spatial_dims = int(cfg.data.get("spatial_dims", 2))
             task, task_dict = build_task(cfg.task, spatial_dims)
-            data = build_training_data(cfg.data, cfg.manifest, tuple(task.scale))
-            loss_fn = build_loss(cfg, objective)
-            spec = ModelSpec(
-                model=_container(cfg.model),
-                task=task_dict,
-                spatial_dims=spatial_dims,
-                image_channels=int(task.image_channels),
-                cond_channels=int(task.cond_channels) * (2 * data.context + 1),
-                context=data.context,
-                sigma_data=float(loss_fn.sigma_data),
-                objective=objective,
-            )
+            stage1 = codec = None  # latent diffusion (medrecon.train.latent): the frozen stage 1
+            if objective == "latent":
+                stage1 = load_stage1(autoencoder_path(cfg), device, spatial_dims)
+            data = build_training_data(cfg.data, cfg.manifest, patch_factors(task, cfg, stage1))
+            if stage1 is not None:
+                check_encoder(stage1, data.encoder, autoencoder_path(cfg))
+                stored = stored_scale(run_dir) if resume else None
+                sigma_data = float(cfg.loss.sigma_data)
+                codec = latent_codec(cfg, stage1, data.train, sigma_data, seed, device, stored)
+            loss_fn = build_loss(cfg, objective, codec)
+            spec = model_spec(cfg, objective, task, task_dict, data.context, loss_fn, stage1, codec)
             validator = None
             if data.val is not None and data.val_keys and settings.val_every:
                 sampler_cfg = _container(cfg.sampler)
@@ -159,6 +213,7 @@ def run(cfg: DictConfig) -> int:
                     seed=seed,
                     device=device,
                     batch_size=settings.batch_size,
+                    codec=codec,
                 )
             trainer = Trainer(
                 settings=settings,
@@ -173,6 +228,8 @@ def run(cfg: DictConfig) -> int:
                 seed=seed,
                 validator=validator,
                 num_workers=int(cfg.data.get("num_workers", 0)),
+                frozen=None if codec is None else codec.autoencoder,
+                autoencoder_score=None if stage1 is None or stage1.card is None else stage1.card.validation,
             )
         except ValueError as err:
             raise UsageError(str(err)) from err

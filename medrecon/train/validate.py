@@ -1,6 +1,11 @@
 """Validation during training: reconstruct a few held-out slices/patches with a fast sampler and guidance
 (a regression model, ``objective=regression``: its one evaluation, with the guidance).
 
+An autoencoder (``objective=autoencoder``) is scored on how well it reconstructs the clean validation items
+(the posterior mean decoded: the ceiling of a latent model built on it; the grid's middle column is then the
+absolute error, times 4); a latent model (``objective=latent``) samples in latent space with the guidance
+acting on decoded images and is scored on the decoded, projected result (``medrecon.latent.posterior``).
+
 The same validation items and measurement seeds are used at every validation, so the numbers are comparable
 across steps. PSNR/SSIM follow ``medrecon.evaluate.metrics`` (fastMRI's convention) on the decoded-to-[0, 1]
 images of the stack (``(x + 1) / 2``; the encoder's scale does not matter for a relative measure during
@@ -56,7 +61,9 @@ class Validator:
         device: where to run.
         batch_size: items per forward pass.
         objective: ``diffusion`` (sample with ``sampler``) or ``regression`` (one evaluation; ``sampler`` is
-            unused, ``guidance`` must be ``none`` or ``dc``).
+            unused, ``guidance`` must be ``none`` or ``dc``); ``autoencoder`` (reconstruct the clean items;
+            sampler, guidance and task unused) or ``latent`` (sample through ``codec``).
+        codec: the frozen autoencoder of a latent model (``medrecon.latent.codec.LatentCodec``).
     """
 
     def __init__(
@@ -73,9 +80,10 @@ class Validator:
         device: torch.device,
         batch_size: int = 8,
         objective: str = "diffusion",
+        codec: Any = None,
     ) -> None:
         self.task, self.dataset, self.keys = task, dataset, list(keys)
-        self.objective = objective
+        self.objective, self.codec = objective, codec
         self.sampler, self.guidance, self.context = sampler, guidance, context
         self.spatial_dims, self.seed, self.device, self.batch_size = (
             spatial_dims,
@@ -89,7 +97,18 @@ class Validator:
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(x0, input, recon)`` each ``(B, 1, *S)`` for a clean batch ``(B, 2k + 1, *S)``."""
         generator = torch.Generator(self.device).manual_seed(seed)
+        if self.objective == "autoencoder":
+            x0 = batch[:, :1].float()
+            recon = precond.decode(precond.encode(x0)[0]).float()
+            return x0, ((recon - x0).abs() * 4 - 1).clamp(-1, 1), recon
         x0, meas, cond = training_pair(self.task, batch, self.context, generator)
+        if self.objective == "latent":
+            from medrecon.latent.posterior import latent_posterior
+
+            recon = latent_posterior(
+                precond, self.codec, self.task, meas, self.sampler, self.guidance, generators=generator
+            ).mean
+            return x0, self.task.pinv(meas), recon
         if self.objective == "regression":
             recon = regression_estimate(precond, self.task, meas, self.guidance, cond=cond)
             return x0, self.task.pinv(meas), recon
