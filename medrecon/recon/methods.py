@@ -113,20 +113,24 @@ class DiffusionMethod:
     def __call__(
         self, meas: Measurement, cond: Tensor | None, seeds: Sequence[int]
     ) -> tuple[Tensor, Tensor | None]:
+        precond = self.precond if self.precision == "fp32" else _Autocast(self.precond, self.precision)
+        result = self._posterior(precond, meas, cond, generators(seeds))
+        return result.mean.float(), (result.std.float() if self.samples > 1 else None)
+
+    def _posterior(self, precond: Any, meas: Measurement, cond: Tensor | None, gens: Any) -> Any:
+        """The posterior mean/std record (``.mean``, ``.std``) of ``meas`` with one generator per unit."""
         from medrecon.diffusion.posterior import posterior_sample
 
-        precond = self.precond if self.precision == "fp32" else _Autocast(self.precond, self.precision)
-        result = posterior_sample(
+        return posterior_sample(
             precond,
             self.task,
             meas,
             self.sampler,
             self.guidance,
             samples=self.samples,
-            generators=generators(seeds),
+            generators=gens,
             cond=cond,
         )
-        return result.mean.float(), (result.std.float() if self.samples > 1 else None)
 
 
 def distilled_sampler(record: Any, sampler: Any, samples: int) -> Any:
@@ -303,13 +307,11 @@ class LatentMethod(DiffusionMethod):
         self.tile = None if tile is None else tuple(int(t) for t in tile)
         self.codec = codec
 
-    def __call__(
-        self, meas: Measurement, cond: Tensor | None, seeds: Sequence[int]
-    ) -> tuple[Tensor, Tensor | None]:
+    def _posterior(self, precond: Any, meas: Measurement, cond: Tensor | None, gens: Any) -> Any:
+        """Latent sampling, decoded (the condition is encoded from ``meas``; ``cond`` is unused)."""
         from medrecon.latent.posterior import latent_posterior
 
-        precond = self.precond if self.precision == "fp32" else _Autocast(self.precond, self.precision)
-        result = latent_posterior(
+        return latent_posterior(
             precond,
             self.codec,
             self.task,
@@ -317,10 +319,9 @@ class LatentMethod(DiffusionMethod):
             self.sampler,
             self.guidance,
             samples=self.samples,
-            generators=generators(seeds),
+            generators=gens,
             tile=self.tile,
         )
-        return result.mean.float(), (result.std.float() if self.samples > 1 else None)
 
 
 class _Autocast:

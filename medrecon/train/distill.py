@@ -186,21 +186,8 @@ class DistillTrainer(Trainer):
             check_record(self.run_dir.ckpt(steps[-1]), self.record)
         return super().resume()
 
-    def _write_weights(self, path: Path) -> Path:
-        from medrecon.card import TrainingCard
-        from medrecon.checkpoint import save_checkpoint
-
-        return save_checkpoint(
-            path,
-            raw=self.precond,
-            ema=self.ema.module,
-            spec=self.spec,
-            encoder=self.data.encoder,
-            config=self.config,
-            step=self.step,
-            card=TrainingCard(data=self.data.summary, validation=self.best_val),
-            distill=self.record,
-        )
+    def _checkpoint_extras(self) -> dict[str, Any]:
+        return {**super()._checkpoint_extras(), "distill": self.record}
 
 
 def check_record(path: Path, record: Any) -> None:

@@ -370,8 +370,13 @@ class Trainer:
             card=TrainingCard(
                 data=self.data.summary, validation=self.best_val, autoencoder=self.autoencoder_score
             ),
-            frozen=self.frozen,
+            **self._checkpoint_extras(),
         )
+
+    def _checkpoint_extras(self) -> dict[str, Any]:
+        """Keyword arguments of ``save_checkpoint`` a kind of run adds (the frozen autoencoder of a latent
+        model; a distilled student's record)."""
+        return {"frozen": self.frozen}
 
     # ---- validation & logging -----------------------------------------------------------------------------
     def validate(self) -> None:
