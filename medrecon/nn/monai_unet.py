@@ -34,10 +34,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
-from medrecon.nn.unet import check_levels, pad_to_multiple
+from medrecon.nn.unet import check_levels, checked_input, pad_to_multiple
 
 
 class MonaiUNet(nn.Module):
@@ -124,12 +123,7 @@ class MonaiUNet(nn.Module):
         Returns:
             ``(B, out_channels, *S)``.
         """
-        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected x of shape (B, {self.in_channels}, {self.spatial_dims} spatial sizes), "
-                f"got {tuple(x.shape)}"
-            )
-        c_noise = torch.as_tensor(c_noise, device=x.device).reshape(-1).expand(x.shape[0])
+        c_noise = checked_input(x, c_noise, self.spatial_dims, self.in_channels)
         size = x.shape[2:]
         x_pad = pad_to_multiple(x, self.size_multiple)
         out = self.unet(x_pad, timesteps=c_noise.float() * self.timestep_scale)

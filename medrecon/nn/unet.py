@@ -86,6 +86,16 @@ def check_levels(
     return channels, attention_levels
 
 
+def checked_input(x: Tensor, c_noise: Tensor | float, spatial_dims: int, in_channels: int) -> Tensor:
+    """``c_noise`` as ``(B,)`` on ``x``'s device, after checking that ``x`` is ``(B, in_channels, *S)`` with
+    ``len(S) == spatial_dims`` (``ValueError`` naming the expected shape otherwise)."""
+    if x.ndim != spatial_dims + 2 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"expected x of shape (B, {in_channels}, {spatial_dims} spatial sizes), got {tuple(x.shape)}"
+        )
+    return torch.as_tensor(c_noise, device=x.device).reshape(-1).expand(x.shape[0])
+
+
 def _zero_(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
@@ -286,12 +296,7 @@ class UNet(nn.Module):
         Returns:
             ``(B, out_channels, *S)``.
         """
-        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected x of shape (B, {self.in_channels}, {self.spatial_dims} spatial sizes), "
-                f"got {tuple(x.shape)}"
-            )
-        c_noise = torch.as_tensor(c_noise, device=x.device).reshape(-1).expand(x.shape[0])
+        c_noise = checked_input(x, c_noise, self.spatial_dims, self.in_channels)
         size = x.shape[2:]
         x_pad = pad_to_multiple(x, self.size_multiple)
 
