@@ -75,6 +75,14 @@ def init_process_group(env: DistEnv, device: torch.device) -> None:
         dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size, **kwargs)
 
 
+def barrier(env: DistEnv) -> None:
+    """Wait until every rank got here (a no-op for a single process). Call it where all ranks arrive on the
+    normal path before leaving the group: a rank that tears its connections down while another still finishes
+    its last checkpoint can make gloo abort the slower one."""
+    if env.distributed and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def destroy_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch.distributed as dist
 
-from medrecon.distributed import DistEnv, env_from_environ
+from medrecon.distributed import DistEnv, barrier, env_from_environ
 
 _BARRIER_TIMEOUT = datetime.timedelta(days=2)
 
@@ -35,12 +35,6 @@ def start(env: DistEnv) -> bool:
         return False
     dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=_BARRIER_TIMEOUT)
     return True
-
-
-def barrier(env: DistEnv) -> None:
-    """Wait until every rank got here (a no-op for a single process)."""
-    if env.distributed and dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def stop(created: bool) -> None:

@@ -38,7 +38,7 @@ from medrecon.data.build import TrainingData
 from medrecon.data.context import training_pair
 from medrecon.data.sampler import ResumableSampler
 from medrecon.device import cuda_memory_format, network_autocast, resolve_precision
-from medrecon.distributed import DistEnv, all_reduce_mean, any_process
+from medrecon.distributed import DistEnv, all_reduce_mean, any_process, barrier
 from medrecon.train.optim import build_optimizer, build_scheduler
 from medrecon.train.rundir import RunDir
 from medrecon.train.settings import TrainSettings
@@ -496,4 +496,7 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
         self.losses = losses
+        barrier(
+            self.env
+        )  # every rank leaves the loop together: rank 0 may still be writing the last checkpoint
         return code
