@@ -248,6 +248,7 @@ def reconstruct(
     steps: int | None = None,
     guidance: str | Any = "dc",
     samples: int = 1,
+    blend: str = "auto",
     seed: int = 0,
     batch_size: int | str = "auto",
     device: str | None = None,
@@ -279,6 +280,9 @@ def reconstruct(
         guidance: ``dc`` (data consistency, default), ``dps`` or ``none``, a mapping (``{"name": "dps",
             "scale": 500.0}``) or a ``GuidanceConfig``.
         samples: posterior samples per slice (``std`` when > 1; diffusion only).
+        blend: ``auto`` (default: an MRI model's output mixed with TV, a denoising model's with NLM, per
+            slice by a weight estimated from the measurement; no blend for other tasks), ``none``, ``tv``,
+            ``nlm`` (``medrecon.recon.blend``).
         seed: every slice's noise derives from it, the item id and the slice index.
         batch_size: slices per batch (halved automatically on GPU out-of-memory), or ``"auto"`` (sized from
             free GPU memory; 16 on the CPU).
@@ -312,6 +316,7 @@ def reconstruct(
         samples=samples,
         seed=seed,
         compile=compile,
+        blend=blend,
     )
     setup = reconstruct_setup(
         method_name,
@@ -495,6 +500,7 @@ def evaluate(
     steps: int | None = None,
     guidance: str | Any = "dc",
     samples: int = 1,
+    blend: str = "auto",
     seed: int = 0,
     batch_size: int | str = "auto",
     device: str | None = None,
@@ -527,8 +533,8 @@ def evaluate(
         model: the diffusion model (a :class:`Model` or a checkpoint path); a regression model given here is
             evaluated as ``supervised``.
         supervised: a regression model of the same task and data options (adds ``supervised``).
-        sampler, steps, guidance, samples, seed, batch_size, device, precision, compile, progress, axis,
-            spacing, spacing_tolerance, encoder, modality: as for :func:`reconstruct` (``encoder`` default:
+        sampler, steps, guidance, samples, blend, seed, batch_size, device, precision, compile, progress,
+            axis, spacing, spacing_tolerance, encoder, modality: as for :func:`reconstruct` (``encoder`` default:
             ``conf/evaluate.yaml``'s).
         split: the manifest split (or the held-out slab of a slice split) to evaluate.
         slices: ``[start, stop]`` along the slice axis (Python slice semantics), else see ``slice_split``.
@@ -561,6 +567,7 @@ def evaluate(
         samples=samples,
         seed=seed,
         compile=compile,
+        blend=blend,
     )
     if loaded is not None and sup is not None and _device(loaded, None) != _device(sup, None):
         raise UsageError("model and supervised are on different devices; load them on the same one")

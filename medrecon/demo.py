@@ -212,6 +212,7 @@ def run(cfg: Any) -> int:
 
     sampling = [*sampler_overrides(cfg.sampler, cfg.get("steps")), f"samples={cfg.samples}"]
     common = [f"checkpoint={checkpoint}", f"device={cfg.device}", f"seed={cfg.seed}", *sampling]
+    common.append(f"blend={cfg.get('blend', 'auto')}")
     recon_code = _medrecon(["reconstruct", f"input={acquired}", f"out={out / 'recon'}", *common])
 
     manifest = out / "manifest.jsonl"

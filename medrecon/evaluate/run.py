@@ -306,6 +306,8 @@ def evaluation_setup(
                 samples=options.samples,
                 precision=precision,
                 compile=compile,
+                blend=options.blend,
+                log=log,
             )
         elif name == SUPERVISED:  # deterministic: samples= applies to diffusion only
             methods[name] = build_method(
@@ -315,6 +317,7 @@ def evaluation_setup(
                 guidance=guidance_config(guidance),
                 precision=precision,
                 compile=compile,
+                blend=options.blend,
                 log=log,
                 label=supervised_label,
             )
@@ -583,6 +586,7 @@ def evaluate_sources(
         "sampler": _sampler_used(ev),
         "guidance": ev.guidance,
         "samples": options.samples,
+        "blend": blend_summary(ev.methods),
         "precision": options.precision if set(MODEL_METHODS) & set(names) else None,
         "device": options.device.type,
         "seed": options.seed,
@@ -595,6 +599,11 @@ def evaluate_sources(
         **({"kspace": measured} if protocol == FASTMRI else {}),
         "seconds": round(time.perf_counter() - started, 3),
     }
+    for name, blended in (settings["blend"] or {}).items():
+        notes.append(
+            f"{name}: blended per slice with {blended['with']} (medrecon.recon.blend), mean weight of the model's "
+            f"output {blended['mean_weight']} (1 = the model alone, 0 = {blended['with']} alone)"
+        )
     return Report(
         task=task.name,
         summary=summary,
@@ -774,3 +783,18 @@ def _sampler_used(ev: Any) -> Any:
     if used is not None and getattr(used, "name", None) == "distilled":
         return {"name": "distilled", "grid": list(used.grid), "renoise": used.renoise}
     return ev.sampler
+
+
+def blend_summary(methods: dict[str, Any]) -> dict[str, Any] | None:
+    """``{method: {"with": partner, "mean_weight": w}}`` for the model methods that were blended
+    (``medrecon.recon.blend``; ``mean_weight`` 1 = the model's output alone, 0 = the partner's), else None."""
+    out = {
+        name: {"with": method.partner, "mean_weight": _round(method.mean_weight)}
+        for name, method in methods.items()
+        if getattr(method, "partner", None) is not None
+    }
+    return out or None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)

@@ -199,9 +199,10 @@ def model_method(
     samples: int = 1,
     precision: str = "fp32",
     compile: bool = False,
+    blend: str = "none",
     log: Any = None,
     label: str = "checkpoint",
-) -> DiffusionMethod:
+) -> Any:
     """The method a loaded checkpoint reconstructs with: :class:`DiffusionMethod` for a diffusion model,
     :class:`RegressionMethod` for a regression model (``loaded.spec.objective``).
 
@@ -211,9 +212,58 @@ def model_method(
     A latent model (``objective=latent``) gets :class:`LatentMethod`; an autoencoder (stage 1 of a latent
     model) reconstructs nothing and is refused.
 
+    ``blend`` (``auto``, ``none``, ``tv``, ``nlm``) wraps the method in ``medrecon.recon.blend.BlendMethod``
+    where its task allows it: ``auto`` blends 2D single-slice models of MRI (with TV) and denoising (with
+    NLM), and leaves every other model alone.
+
     Raises:
         ValueError: an option the method refuses (samples < 1, unknown precision), or an autoencoder.
     """
+    method = _model_method(loaded, task, sampler, guidance, samples, precision, compile, log, label)
+    partner = _blend_partner(blend, loaded, task)
+    if partner is None:
+        return method
+    from medrecon.recon.blend import BlendMethod, describe
+
+    if log is not None:
+        log.info("%s", describe(partner, task))
+    return BlendMethod(method, partner, task)
+
+
+def _blend_partner(blend: str, loaded: Any, task: Task) -> str | None:
+    """The classical partner of ``blend`` for this model, or ``None`` (``auto`` skips the models blending
+    does not handle: 2.5D, 3D MRI, latent). Raises ValueError for an explicit partner it cannot honour."""
+    from medrecon.recon.blend import blend_partner, split_kind
+
+    partner = blend_partner(blend, task)
+    if partner is None:
+        return None
+    unsupported = None
+    if getattr(loaded, "context", 0):
+        unsupported = "a 2.5D model (data.context > 0)"
+    elif loaded.spec.objective == "latent":
+        unsupported = "a latent model"
+    elif split_kind(task) == "kspace" and task.spatial_dims != 2:
+        unsupported = "3D MRI"
+    if unsupported is None:
+        return partner
+    if blend == "auto":
+        return None
+    raise ValueError(f"blend={blend} does not handle {unsupported}; use blend=none")
+
+
+def _model_method(
+    loaded: Any,
+    task: Task,
+    sampler: Any,
+    guidance: Any,
+    samples: int,
+    precision: str,
+    compile: bool,
+    log: Any,
+    label: str,
+) -> DiffusionMethod:
+    """:func:`model_method` without the blend."""
     objective = loaded.spec.objective
     if objective == "autoencoder":
         raise ValueError(

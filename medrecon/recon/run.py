@@ -44,12 +44,15 @@ WRITE_THREADS = 1
 
 
 # ------------------------------------------------------------------------------------------------ setup
-def settings_key(cfg: DictConfig, method_name: str, task: Any, precision: str = "fp32") -> str:
+def settings_key(
+    cfg: DictConfig, method_name: str, task: Any, precision: str = "fp32", blend: str | None = None
+) -> str:
     """A short hash of everything that changes the result: a finished item is redone when it differs.
     ``precision`` is the resolved network precision (``fp32`` or ``bf16``). The checkpoint enters by its
     content (``checkpoint_digest``: the weight set in use, spec and encoder), not its name or size, so a
     file overwritten with other weights redoes every item; computed once per run. A regression checkpoint
-    (``method_name`` ``regression``) has no sampler or samples; its guidance and precision count."""
+    (``method_name`` ``regression``) has no sampler or samples; its guidance and precision count. ``blend``:
+    the classical method a model's output is blended with (``medrecon.recon.blend``), ``None`` for none."""
     from medrecon.checkpoint import checkpoint_digest
 
     ckpt = cfg.get("checkpoint")
@@ -71,6 +74,8 @@ def settings_key(cfg: DictConfig, method_name: str, task: Any, precision: str = 
         "dicom_identity": str(cfg.get("dicom_identity", "source")),
         "encoder": None if ckpt else container(cfg.get("encoder")),
     }
+    if blend is not None:  # only then: runs without a blend keep their earlier settings
+        parts["blend"] = blend
     if cfg.get("spacing", "native") != "native":  # only then: native runs keep their earlier settings
         parts["spacing"] = [cfg.get("spacing"), cfg.get("spacing_tolerance")]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -112,7 +117,9 @@ def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
         },
         encoder=container(cfg.get("encoder")),
     )
-    setup.settings = settings_key(cfg, setup.method_name, setup.task, options.precision)
+    setup.settings = settings_key(
+        cfg, setup.method_name, setup.task, options.precision, getattr(setup.method, "partner", None)
+    )
     return setup
 
 

@@ -97,6 +97,8 @@ class RunOptions:
         compile: ``torch.compile`` the network.
         auto_batch: ``batch_size=auto``: on CUDA the batch size is chosen from free memory after probing the
             first batches (``medrecon.recon.batching``); elsewhere ``batch_size`` stays at its CPU default.
+        blend: mix a model's output with a classical reconstruction per slice, the weight estimated from the
+            measurement (``medrecon.recon.blend``): ``auto`` | ``none`` | ``tv`` | ``nlm``.
     """
 
     device: torch.device
@@ -106,6 +108,7 @@ class RunOptions:
     seed: int = 0
     compile: bool = False
     auto_batch: bool = False
+    blend: str = "auto"
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for ``medrecon.recon.engine.Engine``: the batch size (and whether it is sized from
@@ -122,6 +125,7 @@ def run_options(
     samples: int = 1,
     seed: int = 0,
     compile: bool = False,
+    blend: str = "auto",
 ) -> RunOptions:
     """Validate the shared options (a ``torch.device`` is taken as already resolved). ``batch_size`` is an
     integer >= 1 or ``"auto"`` (see :class:`RunOptions`).
@@ -140,9 +144,13 @@ def run_options(
     batch_size = check_int("batch_size", batch_size)
     seed = check_int("seed", seed, 0)
     compile = check_bool("compile", compile)
+    from medrecon.recon.blend import BLEND_CHOICES
+
+    if blend not in BLEND_CHOICES:
+        raise UsageError(f"blend={blend!r} must be one of {', '.join(BLEND_CHOICES)}")
     resolved = device if isinstance(device, torch.device) else resolve_device(device)
     precision = resolve_precision(precision, resolved)
-    return RunOptions(resolved, precision, batch_size, samples, seed, compile, auto_batch)
+    return RunOptions(resolved, precision, batch_size, samples, seed, compile, auto_batch, str(blend))
 
 
 def cfg_run_options(cfg: Any, device: torch.device | None = None) -> RunOptions:
@@ -154,6 +162,7 @@ def cfg_run_options(cfg: Any, device: torch.device | None = None) -> RunOptions:
         samples=cfg.get("samples"),
         seed=cfg.get("seed"),
         compile=cfg.get("compile", False),
+        blend=cfg.get("blend", "auto"),
     )
 
 
@@ -336,6 +345,7 @@ def build_method(
     samples: int = 1,
     precision: str = "fp32",
     compile: bool = False,
+    blend: str = "none",
     label: str = "checkpoint",
     log: logging.Logger | None = None,
 ) -> Any:
@@ -343,7 +353,8 @@ def build_method(
 
     With ``model`` (a ``LoadedModel``): the estimator its checkpoint was trained for
     (``methods.model_method``: diffusion sampling with ``sampler``/``guidance``/``samples``, or a regression
-    model's one evaluation); ``name`` and ``label`` name it in messages. Without: the baseline ``name``.
+    model's one evaluation), mixed with a classical method when ``blend`` says so (``medrecon.recon.blend``);
+    ``name`` and ``label`` name it in messages. Without: the baseline ``name`` (``blend`` unused).
 
     Raises:
         UsageError: an unknown baseline, one that does not apply to ``task``, or an option a method refuses.
@@ -361,6 +372,7 @@ def build_method(
                 samples=samples,
                 precision=precision,
                 compile=compile,
+                blend=blend,
                 log=log,
                 label=label,
             )
@@ -471,6 +483,7 @@ def reconstruct_setup(
             samples=options.samples,
             precision=options.precision,
             compile=options.compile,
+            blend=options.blend,
             log=log,
         )
         method_name = method.name

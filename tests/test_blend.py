@@ -1,0 +1,224 @@
+"""``blend``: a model's output mixed with TV/NLM by a per-slice weight estimated from the measurement alone.
+
+The weight estimates are checked where the answer is known: an oracle model (its output is the ground truth)
+must get weight 1, a model that returns garbage weight 0, and the blended output must never be worse than the
+better of the two by more than the estimate's noise. The SURE risk is checked against the true error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from medrecon.physics.denoise import DenoiseTask
+from medrecon.physics.fft import mirror
+from medrecon.physics.mri import MRITask
+from medrecon.physics.sr import SuperResolutionTask
+from medrecon.recon.blend import (
+    BlendMethod,
+    blend_partner,
+    holdout_masks,
+    kspace_weight,
+    mc_divergence,
+    split_kind,
+    sure_weight,
+)
+
+
+def phantom(batch: int = 2, size: int = 48, seed: int = 0) -> torch.Tensor:
+    """Smooth blobs in encoded units (background -1), ``(B, 1, size, size)``."""
+    gen = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    out = []
+    for _ in range(batch):
+        img = torch.full((size, size), -1.0)
+        for _ in range(4):
+            cy, cx, r = torch.rand(3, generator=gen) * torch.tensor([1.2, 1.2, 0.3]) + torch.tensor(
+                [-0.6, -0.6, 0.2]
+            )
+            img = img + 0.8 * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
+        out.append(img.clamp(-1, 1))
+    return torch.stack(out)[:, None]
+
+
+class Fixed:
+    """A stand-in model method returning a fixed image whatever the measurement (an oracle or garbage)."""
+
+    name = "diffusion"
+    samples = 1
+
+    def __init__(self, image: torch.Tensor) -> None:
+        self.image = image
+        self.calls = 0
+
+    def __call__(self, meas, cond, seeds):
+        self.calls += 1
+        return self.image.clone(), None
+
+
+class Function:
+    """A stand-in model method computing ``f(y)`` (denoising)."""
+
+    name = "diffusion"
+    samples = 1
+
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def __call__(self, meas, cond, seeds):
+        return self.f(meas.y), None
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return 10 * math.log10(4.0 / max(float(((x - ref) ** 2).mean()), 1e-12))
+
+
+# ------------------------------------------------------------------------------------------------ partner
+def test_auto_blends_mri_with_tv_denoising_with_nlm_and_nothing_else():
+    assert blend_partner("auto", MRITask(4)) == "tv"
+    assert blend_partner("auto", DenoiseTask(0.05)) == "nlm"
+    assert blend_partner("auto", SuperResolutionTask(4)) is None
+    assert blend_partner("auto", DenoiseTask(0.0)) is None  # no noise: SURE says nothing
+    assert blend_partner("none", MRITask(4)) is None
+    assert blend_partner("tv", DenoiseTask(0.05)) == "tv"
+    assert split_kind(MRITask(4)) == "kspace" and split_kind(SuperResolutionTask(4)) is None
+
+
+def test_a_partner_for_a_task_without_a_split_or_an_unknown_value_is_refused():
+    with pytest.raises(ValueError, match="blend=none"):
+        blend_partner("tv", SuperResolutionTask(4))
+    with pytest.raises(ValueError, match="must be one of"):
+        blend_partner("bm3d", MRITask(4))
+    with pytest.raises(ValueError, match="nlm"):
+        blend_partner("nlm", MRITask(4))  # NLM does not apply to MRI
+
+
+# ------------------------------------------------------------------------------------------------ k-space
+def test_holdout_keeps_the_centre_and_holds_out_mirror_pairs_of_sampled_lines():
+    task = MRITask(4)
+    x = phantom(3, 64)
+    meas = task.degrade(x, torch.Generator().manual_seed(1))
+    gens = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
+    keep, held = holdout_masks(meas.params.mask, 0.3, gens)
+    mask = meas.params.mask
+    assert torch.equal(keep + held, mask)
+    assert float((keep * held).abs().sum()) == 0
+    for b in range(3):
+        cols = mask[b].flatten() > 0
+        h = held[b].flatten() > 0
+        assert 0 < int(h.sum()) < int(cols.sum())
+        assert bool(keep[b].flatten()[32])  # the k-space centre (W // 2) is never held out
+        mirrored = mirror(held[b : b + 1].float(), (-2, -1)).flatten() > 0
+        assert not bool((mirrored & cols & ~h).any())  # no held-out line has its sampled mirror kept
+    again, _ = holdout_masks(mask, 0.3, [torch.Generator().manual_seed(s) for s in (5, 6, 7)])
+    assert torch.equal(again, keep)  # a unit's split depends on its seed only
+
+
+def test_kspace_weight_is_one_for_an_oracle_and_zero_for_garbage():
+    task = MRITask(4)
+    x = phantom(2, 48)
+    meas = task.degrade(x, torch.Generator().manual_seed(2))
+    _, held = holdout_masks(meas.params.mask, 0.3, [torch.Generator().manual_seed(s) for s in (1, 2)])
+    rough = task.pinv(meas)
+    garbage = torch.rand_like(x) * 2 - 1
+    assert torch.allclose(kspace_weight(task, meas, held, x, rough), torch.ones(2))
+    assert torch.allclose(kspace_weight(task, meas, held, garbage, x), torch.zeros(2))
+    half = 0.5 * (x + rough)  # a known mix of truth and zero-filling: the fit finds the truth's side
+    w = kspace_weight(task, meas, held, x, half)
+    assert torch.all(w > 0.99)
+
+
+def test_mri_blend_follows_the_better_reconstruction():
+    task = MRITask(4)
+    x = phantom(2, 48, seed=3)
+    meas = task.degrade(x, torch.Generator().manual_seed(4))
+    from medrecon.baselines import tv
+
+    tv_only = tv(task, meas)
+    oracle = BlendMethod(Fixed(x), "tv", task)
+    out, std = oracle(meas, None, [11, 12])
+    assert std is None and oracle.name == "diffusion"
+    assert torch.allclose(oracle.last_weights, torch.ones(2))
+    assert psnr(out, x) > psnr(tv_only, x) + 10
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    bad = BlendMethod(Fixed((x + 0.5 * noise).clamp(-1, 1)), "tv", task)
+    out_bad, _ = bad(meas, None, [11, 12])
+    assert torch.all(bad.last_weights < 0.2)
+    assert psnr(out_bad, x) > psnr(task.project(bad.model.image, meas), x) + 3  # TV rescued it
+    assert bad.model.calls == 2  # once on the full measurement, once on the kept lines
+    assert bad.mean_weight == pytest.approx(float(bad.last_weights.mean()))
+
+
+def test_blend_refuses_a_25d_condition_and_tasks_without_a_split():
+    task = MRITask(4)
+    x = phantom(1, 32)
+    meas = task.degrade(x, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="2.5D"):
+        BlendMethod(Fixed(x), "tv", task)(meas, torch.zeros(1, 6, 32, 32), [0])
+    with pytest.raises(ValueError, match="cannot be split"):
+        BlendMethod(Fixed(x), "tv", SuperResolutionTask(4))
+
+
+# ------------------------------------------------------------------------------------------------ SURE
+def test_mc_divergence_of_a_linear_map():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 1, 32, 32, generator=gen)
+    probe = torch.randn(y.shape, generator=gen)
+    eps = torch.full((2,), 1e-2)
+    div = mc_divergence(0.3 * y, 0.3 * (y + 1e-2 * probe), probe, eps)
+    assert torch.allclose(div, torch.full((2,), 0.3 * 32 * 32), rtol=0.1)
+
+
+def test_sure_weight_tracks_the_true_risk():
+    sigma = 0.1
+    x = phantom(2, 48, seed=5)
+    gen = torch.Generator().manual_seed(6)
+    y = x + sigma * torch.randn(x.shape, generator=gen)
+    s = torch.full((2,), sigma)
+    n = float(x[0].numel())
+    # oracle (divergence 0) against the identity (divergence N): all weight on the oracle
+    assert torch.all(sure_weight(y, s, x, y, torch.zeros(2), torch.full((2,), n)) > 0.95)
+    # the identity against the oracle: none
+    assert torch.all(sure_weight(y, s, y, x, torch.full((2,), n), torch.zeros(2)) < 0.05)
+    # two linear shrinkers f_a = a y: SURE's optimum matches the true optimum over w within its noise
+    fa, fb = 0.9 * y + 0.1 * x.mean(), 0.5 * y
+    w = sure_weight(y, s, fa, fb, torch.full((2,), 0.9 * n), torch.full((2,), 0.5 * n))
+    grid = torch.linspace(0, 1, 101)
+    true_best = torch.stack(
+        [
+            grid[torch.argmin(torch.stack([((g * fa[b] + (1 - g) * fb[b] - x[b]) ** 2).sum() for g in grid]))]
+            for b in range(2)
+        ]
+    )
+    assert torch.allclose(w, true_best, atol=0.1)
+
+
+def test_denoise_blend_uses_nlm_where_the_model_is_worse():
+    task = DenoiseTask(0.08, noise="gaussian")
+    x = phantom(2, 48, seed=7)
+    meas = task.degrade(x, torch.Generator().manual_seed(8))
+    identity = BlendMethod(Function(lambda y: y.clone()), "nlm", task)
+    out, _ = identity(meas, None, [1, 2])
+    assert torch.all(identity.last_weights < 0.3)  # "denoising" by doing nothing loses to NLM
+    assert psnr(out, x) > psnr(meas.y, x) + 2
+    oracle = BlendMethod(Fixed(x), "nlm", task)
+    oracle(meas, None, [1, 2])
+    assert torch.all(oracle.last_weights > 0.9)
+
+
+def test_rician_sure_credits_a_model_that_removes_the_background_bias():
+    """Rician noise in a large background: an oracle must still win (plain SURE would favour keeping the
+    Rayleigh bias, as the identity does)."""
+    task = DenoiseTask(0.06, noise="rician")
+    x = phantom(2, 64, seed=9)
+    x[:, :, :24] = -1.0  # a wide empty band: Rayleigh background
+    meas = task.degrade(x, torch.Generator().manual_seed(10))
+    identity = Function(lambda y: y.clone())
+    method = BlendMethod(Fixed(x), "nlm", task)
+    method(meas, None, [3, 4])
+    assert torch.all(method.last_weights > 0.9)
+    worse = BlendMethod(identity, "nlm", task)
+    worse(meas, None, [3, 4])
+    assert torch.all(worse.last_weights < 0.3)
