@@ -110,39 +110,58 @@ def holdout_masks(
         with it. ``held`` is all zero for a unit with nothing to hold out.
     """
     from medrecon.physics.fft import mirror
+
+    candidates = holdout_candidates(mask).reshape(mask.shape[0], -1) > 0
+    held = torch.zeros_like(candidates)
+    for b, gen in enumerate(generators):
+        draw = torch.rand(candidates.shape[1], generator=gen).to(candidates.device) < fraction
+        pick = candidates[b] & draw
+        pick = pick | (mirror(pick[None, None].float(), (-2, -1))[0, 0] > 0)
+        held[b] = pick & candidates[b]
+    held_f = held.to(mask.dtype).reshape(mask.shape)
+    return mask * (1 - held_f), held_f
+
+
+def holdout_candidates(mask: Tensor) -> Tensor:
+    """The sampled lines outside the centre block (the contiguous sampled run around ``W // 2``; every sampled
+    line when the centre is not sampled), as a 0/1 mask like ``mask`` ``(B, 1, 1, W)``. Closed under the
+    mirror ``-k`` when the mask is."""
     from medrecon.physics.mri import center_block
 
     cols = mask.reshape(mask.shape[0], -1) > 0
-    held = torch.zeros_like(cols)
-    for b, gen in enumerate(generators):
+    out = torch.zeros_like(cols)
+    for b in range(cols.shape[0]):
         try:
             centre = center_block(cols[b].cpu()).to(cols.device)
         except ValueError:  # no centre line sampled: every line is a candidate
             centre = torch.zeros_like(cols[b])
-        draw = torch.rand(cols.shape[1], generator=gen).to(cols.device) < fraction
-        pick = cols[b] & ~centre & draw
-        pick = pick | (mirror(pick[None, None].float(), (-2, -1))[0, 0] > 0)
-        held[b] = pick & cols[b] & ~centre
-    held_f = held.to(mask.dtype).reshape(mask.shape)
-    return mask * (1 - held_f), held_f
+        out[b] = cols[b] & ~centre
+    return out.to(mask.dtype).reshape(mask.shape)
 
 
 def kspace_weight(task: Any, meas: Measurement, held: Tensor, x_model: Tensor, x_classic: Tensor) -> Tensor:
     """``(B,)`` the weight of ``x_model`` that best predicts the held-out lines (see the module docstring),
     clipped to ``[0, 1]``; 1 where nothing was held out or both predict them equally."""
+    return weight_from_terms(*kspace_terms(task, meas, held, x_model, x_classic))
+
+
+def kspace_terms(
+    task: Any, meas: Measurement, held: Tensor, x_model: Tensor, x_classic: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(num, den)``, each ``(B,)``: the normal equation of ``argmin_w ||w r_m + (1 - w) r_c||^2`` over the
+    held-out lines (``r`` = predicted minus measured k-space), ``w = num / den``; terms of several folds add."""
     params = replace(meas.params, mask=held)
     y_held = meas.y * held.to(meas.y.real.dtype)
     r_m = task.forward(x_model, params) - y_held
     r_c = task.forward(x_classic, params) - y_held
-    return _least_squares_weight(r_m, r_c)
-
-
-def _least_squares_weight(r_m: Tensor, r_c: Tensor) -> Tensor:
-    """``argmin_w ||w r_m + (1 - w) r_c||^2`` per unit, clipped to ``[0, 1]`` (1 when ``r_m == r_c``)."""
     d = (r_c - r_m).flatten(1)
     rc = r_c.flatten(1)
     num = (rc.conj() * d).real.sum(1) if torch.is_complex(d) else (rc * d).sum(1)
-    den = (d.abs() ** 2).sum(1)
+    return num, (d.abs() ** 2).sum(1)
+
+
+def weight_from_terms(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` clipped to ``[0, 1]`` (1 where ``den == 0``: both predictions equal), float32 ``(B,)``."""
     w = torch.where(den > 0, num / den.clamp_min(1e-30), torch.ones_like(den))
     return w.clamp(0.0, 1.0).to(torch.float32)
 
@@ -205,7 +224,13 @@ class BlendMethod:
         ValueError: a task without a split, or a 2.5D model (its neighbour conditions are not split).
     """
 
-    def __init__(self, model: Any, partner: str, task: Task, fraction: float = HOLDOUT_FRACTION) -> None:
+    def __init__(
+        self,
+        model: Any,
+        partner: str,
+        task: Task,
+        fraction: float = HOLDOUT_FRACTION,
+    ) -> None:
         from medrecon.recon.methods import BaselineMethod
 
         kind = split_kind(task)
@@ -256,14 +281,16 @@ class BlendMethod:
 
     def _kspace(self, meas: Measurement, seeds: Sequence[int]) -> Tensor:
         gens = [torch.Generator().manual_seed((int(s) ^ 0x5EED) & (2**63 - 1)) for s in seeds]
-        keep, held = holdout_masks(meas.params.mask, self.fraction, gens)
+        mask = meas.params.mask
+        _, held = holdout_masks(mask, self.fraction, gens)
+        kept_mask = mask - held
         kept = Measurement(
-            meas.y * keep.to(meas.y.real.dtype), replace(meas.params, mask=keep), meas.noise_std
+            meas.y * kept_mask.to(meas.y.real.dtype), replace(meas.params, mask=kept_mask), meas.noise_std
         )
         x_m, _ = self.model(kept, None, seeds)
         x_c, _ = self.classic(kept, None, seeds)
-        w = kspace_weight(self.task, meas, held, x_m, x_c.to(x_m.device))
-        return torch.where(held.flatten(1).sum(1).cpu() > 0, w.cpu(), torch.ones_like(w.cpu()))
+        w = kspace_weight(self.task, meas, held, x_m, x_c.to(x_m.device)).cpu()
+        return torch.where(held.flatten(1).sum(1).cpu() > 0, w, torch.ones_like(w))
 
     def _sure(self, meas: Measurement, seeds: Sequence[int], x_m: Tensor, x_c: Tensor) -> Tensor:
         """The SURE weight per unit (over the region where SURE holds, :meth:`_region`)."""
