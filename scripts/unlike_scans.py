@@ -1,6 +1,7 @@
 """Build the archive of real scans unlike the training template, offline, and prepare its manifest.
 
     python scripts/unlike_scans.py OUT        # PYTHONPATH=. in a checkout
+    python scripts/unlike_scans.py OUT_VAL --set validation   # three other scans, for choosing settings
 
 Writes ``OUT/scans/``, ``OUT/SOURCES.md`` (package versions, file digests) and ``OUT/manifest.jsonl``. The scans
 (``medrecon.evaluate.unlike`` has the details), all from the installed packages, nothing downloaded:
@@ -32,7 +33,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from medrecon.evaluate.unlike import build_unlike_archive
+from medrecon.evaluate.unlike import SCANS, VALIDATION_SCANS, build_unlike_archive
 
 ALL_TEST = ("split.train=0", "split.val=0", "split.test=1")
 
@@ -45,9 +46,15 @@ def prepare_command(archive: Path, manifest: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="output folder (scans/, SOURCES.md, manifest.jsonl)")
+    parser.add_argument(
+        "--set",
+        choices=("test", "validation"),
+        default="test",
+        help="test: the five scans docs/results.md reports; validation: three other scans for choosing settings",
+    )
     args = parser.parse_args(argv)
 
-    built = build_unlike_archive(args.out)
+    built = build_unlike_archive(args.out, VALIDATION_SCANS if args.set == "validation" else SCANS)
     for name, reason in built.missing:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     if not built.written:

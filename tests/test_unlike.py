@@ -98,3 +98,22 @@ def test_building_needs_no_network(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     archive = build_unlike_archive(tmp_path)
     assert len(archive.written) == len(SCANS)
+
+
+def test_the_validation_set_is_disjoint_and_prepares_ok(tmp_path, monkeypatch):
+    """Three other scans (a PAR/REC phantom, an EPI frame, a MINC volume) for choosing settings on unlike data
+    without touching the reported five: converted offline to NIfTI with their geometry, all prepared ok."""
+    from medrecon.evaluate.unlike import VALIDATION_SCANS
+
+    if any(source_path(s) is None for s in VALIDATION_SCANS):
+        pytest.skip("nibabel's test data not installed")
+    assert not {s.source for s in VALIDATION_SCANS} & {s.source for s in SCANS}
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import unlike_scans
+
+    assert unlike_scans.main([str(tmp_path / "v"), "--set", "validation"]) == 0
+    records = read_manifest(tmp_path / "v" / "manifest.jsonl")
+    assert len(records) == len(VALIDATION_SCANS) and all(r.ok for r in records)
+    shapes = sorted(tuple(r.shape) for r in records)
+    assert shapes == [(17, 21, 3), (18, 28, 29), (64, 64, 9)]
+    assert "phantom_EPI_asc_CLEAR_2_1.PAR" in (tmp_path / "v" / "SOURCES.md").read_text()

@@ -26,8 +26,14 @@ The scans (``SCANS``), their provenance and licences:
 - ``pydicom_ct_small`` — ``pydicom/data/test_files/CT_small.dcm``: one CT slice, 128 x 128 at 0.66 mm (HU via
   the rescale), downsized from NEMA's WG04 ``CT1_UNC``. pydicom, MIT licence.
 
+A second, disjoint set, ``VALIDATION_SCANS``, is for choosing settings and recipes on unlike data without
+touching the five above (``build_unlike_archive(out, VALIDATION_SCANS)``, ``scripts/unlike_scans.py --set
+validation``): nibabel's Philips ``phantom_EPI_asc_CLEAR_2_1.PAR/REC`` (an EPI phantom, 64 x 64 x 9 at 3.75 x
+3.75 x 8 mm, first dynamic), ``functional.nii`` (an EPI brain, 17 x 21 x 3 at 4 x 4 x 8 mm, first frame) and
+``small.mnc`` (a MINC brain, 18 x 28 x 29 at 9 x 8 x 7 mm): small and coarse, another check, not a benchmark.
+
 Left out (checked on nibabel 5.4 / pydicom 3.0): nibabel's ``example_nifti2.nii.gz`` (a crop of
-``example4d``), ``functional.nii`` (3 slices of 8 mm), ``reoriented/resampled_anat_moved.nii`` (resampled
+``example4d``), ``reoriented/resampled_anat_moved.nii`` (resampled
 copies of ``anatomical.nii``), ``0.dcm`` / ``1.dcm`` and ``nicom/tests/data`` (diffusion mosaics, two files of
 identical pixels, empty or all-zero pixel data); pydicom's other MR files are re-encodings of ``MR_small.dcm``
 and the rest are not scans (RGB, ultrasound, RT objects, reports).
@@ -58,8 +64,10 @@ class UnlikeScan:
         name: the scan's name in the archive (folder of a DICOM file, stem of a NIfTI file).
         package: the installed package that ships it (``nibabel`` or ``pydicom``).
         source: its path relative to the package folder.
-        kind: ``dicom`` (copied into ``dicom/<name>/``), ``nifti`` (copied to ``nifti/<name>.nii[.gz]``) or
-            ``nifti_frame0`` (the first frame of a 4D NIfTI, written as ``nifti/<name>.nii.gz``).
+        kind: ``dicom`` (copied into ``dicom/<name>/``), ``nifti`` (copied to ``nifti/<name>.nii[.gz]``),
+            ``nifti_frame0`` (the first frame of a 4D NIfTI, written as ``nifti/<name>.nii.gz``), or a format
+            medrecon does not read, converted by nibabel to ``nifti/<name>.nii.gz`` with its affine:
+            ``parrec_frame0`` (a Philips PAR/REC pair, first dynamic; ``source`` is the ``.PAR``) and ``minc``.
         modality: ``MR`` or ``CT``.
         description: what the scan is (contrast, size, spacing).
         provenance: where its authors took it from, and its licence.
@@ -123,6 +131,37 @@ SCANS: tuple[UnlikeScan, ...] = (
 )
 
 
+VALIDATION_SCANS: tuple[UnlikeScan, ...] = (
+    UnlikeScan(
+        "nibabel_phantom_epi",
+        "nibabel",
+        "tests/data/phantom_EPI_asc_CLEAR_2_1.PAR",
+        "parrec_frame0",
+        "MR",
+        "EPI phantom (Philips PAR/REC), first dynamic, 64 x 64 x 9, 3.75 x 3.75 x 8 mm",
+        "nibabel test data; nibabel, MIT licence",
+    ),
+    UnlikeScan(
+        "nibabel_functional",
+        "nibabel",
+        "tests/data/functional.nii",
+        "nifti_frame0",
+        "MR",
+        "first frame of an EPI brain series, 17 x 21 x 3, 4 x 4 x 8 mm",
+        "nibabel test data; nibabel, MIT licence",
+    ),
+    UnlikeScan(
+        "nibabel_small_minc",
+        "nibabel",
+        "tests/data/small.mnc",
+        "minc",
+        "MR",
+        "MINC brain volume, 18 x 28 x 29, 9 x 8 x 7 mm",
+        "nibabel test data; nibabel, MIT licence",
+    ),
+)
+
+
 @dataclass(frozen=True)
 class UnlikeArchive:
     """What ``build_unlike_archive`` wrote.
@@ -173,11 +212,19 @@ def write_scan(scan: UnlikeScan, source: Path, dest: Path) -> None:
         if len(img.shape) != 4:
             raise ValueError(f"{scan.source}: expected a 4D NIfTI, got shape {img.shape}")
         nib.save(img.slicer[..., 0], str(dest))
+    elif scan.kind in ("parrec_frame0", "minc"):
+        import numpy as np
+
+        img = nib.load(str(source))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        if scan.kind == "parrec_frame0" and data.ndim == 4:
+            data = data[..., 0]
+        nib.save(nib.Nifti1Image(data, img.affine), str(dest))
     else:
         shutil.copyfile(source, dest)
 
 
-def sources_table(archive: UnlikeArchive) -> str:
+def sources_table(archive: UnlikeArchive, scans: tuple[UnlikeScan, ...] = SCANS) -> str:
     """``SOURCES.md``: one row per scan with its package version, source file, sha256, description and licence."""
     lines = [
         "# Unlike scans: provenance",
@@ -188,7 +235,7 @@ def sources_table(archive: UnlikeArchive) -> str:
         "| name | modality | package | source | sha256 (source file) | what | provenance, licence |",
         "|---|---|---|---|---|---|---|",
     ]
-    for scan in SCANS:
+    for scan in scans:
         src = source_path(scan)
         if scan.name not in archive.written or src is None:
             continue
@@ -203,11 +250,12 @@ def sources_table(archive: UnlikeArchive) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_unlike_archive(out: str | Path) -> UnlikeArchive:
+def build_unlike_archive(out: str | Path, scans: tuple[UnlikeScan, ...] = SCANS) -> UnlikeArchive:
     """Write the bundled scans found on this machine to ``out/scans`` and their provenance to ``out/SOURCES.md``.
 
     Args:
         out: the output folder (created; files of a previous build are overwritten).
+        scans: ``SCANS`` (the test set the results report) or ``VALIDATION_SCANS`` (for choosing settings).
 
     Returns:
         What was written and which scans were missing (a package not installed, or a distribution that
@@ -215,7 +263,7 @@ def build_unlike_archive(out: str | Path) -> UnlikeArchive:
     """
     root = Path(out).resolve()
     result = UnlikeArchive(root=root, archive=root / ARCHIVE_FOLDER)
-    for scan in SCANS:
+    for scan in scans:
         src = source_path(scan)
         if src is None:
             result.missing.append((scan.name, f"{scan.package}/{scan.source} is not installed"))
@@ -223,7 +271,7 @@ def build_unlike_archive(out: str | Path) -> UnlikeArchive:
         dest = destination(scan, result.archive, src)
         write_scan(scan, src, dest)
         result.written[scan.name] = dest
-    (root / SOURCES_FILE).write_text(sources_table(result), encoding="utf-8")
+    (root / SOURCES_FILE).write_text(sources_table(result, scans), encoding="utf-8")
     return result
 
 
