@@ -223,3 +223,32 @@ def test_rician_sure_credits_a_model_that_removes_the_background_bias():
     worse = BlendMethod(identity, "nlm", task)
     worse(meas, None, [3, 4])
     assert torch.all(worse.last_weights < 0.3)
+
+
+# ------------------------------------------------------------------------------------------------ plumbing
+def test_evaluate_blends_by_default_and_reports_the_weight(tmp_path):
+    """``blend=auto`` wraps the MRI model in evaluate (report: partner and mean weight, a note); ``none`` does
+    not; the reconstruct resume key changes with the blend, so blended and unblended runs never mix."""
+    from omegaconf import OmegaConf
+    from test_fastmri_roundtrip import mri_checkpoint
+
+    from medrecon import api
+    from medrecon.recon.run import settings_key
+
+    ckpt = mri_checkpoint(tmp_path / "mri.safetensors")
+    volume = (phantom(1, 32, seed=11)[0, 0].numpy()[:, :, None].repeat(2, axis=2) + 1.0) * 100.0
+    kwargs = dict(model=ckpt, steps=1, device="cpu", slice_split=None)
+    blended = api.evaluate(["diffusion"], volume, blend="auto", **kwargs)
+    plain = api.evaluate(["diffusion"], volume, blend="none", **kwargs)
+    info = blended.config["blend"]["diffusion"]
+    assert info["with"] == "tv" and 0.0 <= info["mean_weight"] <= 1.0
+    assert any("blended per slice with tv" in note for note in blended.notes)
+    assert plain.config["blend"] is None
+    assert blended.methods["diffusion"].psnr != plain.methods["diffusion"].psnr
+    cfg = OmegaConf.create({"seed": 0, "samples": 1, "checkpoint": None, "blend": "auto"})
+    task = MRITask(4)
+    assert settings_key(cfg, "diffusion", task, blend="tv") != settings_key(
+        cfg, "diffusion", task, blend=None
+    )
+    with pytest.raises(Exception, match="blend"):
+        api.evaluate(["diffusion"], volume, blend="bm3d", **kwargs)
