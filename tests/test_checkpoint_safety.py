@@ -507,12 +507,11 @@ def test_bundled_demo_weights_pass_every_check_and_load(name):
     loaded = load_checkpoint(path)
     assert checked.parameters == sum(p.numel() for p in loaded.precond.parameters())
     assert loaded.task.name == name.removeprefix("demo_")
-    if name == "demo_sr4x":  # retrained 2026-11-30: its card records the data and the spacing it saw
-        assert loaded.card.data.volumes == 1 and loaded.card.data.plane_spacing == pytest.approx(
-            (4 / 3, 10 / 3)
-        )
-    else:  # written before checkpoints carried a card
-        assert loaded.card is None
+    # both retrained 2026-11-30: the card records the data and the in-plane spacing seen in training (sr4x with
+    # its scale augmentation, 2 mm / [0.6, 1.5]; mri_r4 without augmentation, the sample scan's 2 mm)
+    expected = (4 / 3, 10 / 3) if name == "demo_sr4x" else (2.0, 2.0)
+    assert loaded.card.data.volumes == 1
+    assert loaded.card.data.plane_spacing == pytest.approx(expected)
 
 
 # ------------------------------------------------------------------------------------------------ latent
