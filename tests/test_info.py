@@ -1,5 +1,6 @@
-"""``medrecon info``: the model card of a freshly trained checkpoint (with its training card) and of the bundled
-demo weights (written before the card existed: "not recorded")."""
+"""``medrecon info``: the model card of a freshly trained checkpoint (with its training card), of the bundled demo
+weights (both record their training spacing) and of a checkpoint written before the card existed ("not
+recorded")."""
 
 from __future__ import annotations
 
@@ -88,10 +89,12 @@ def test_training_card_survives_in_best_and_metadata(trained):
     assert card is not None and card.validation is not None and card.data.volumes == 2
 
 
-def test_info_of_the_bundled_demo_weights_says_not_recorded(capsys):
-    path = demo_checkpoint("mri_r4")  # written before checkpoints carried a card
+def test_info_of_a_checkpoint_without_a_card_says_not_recorded(tmp_path, capsys):
+    from test_fastmri_roundtrip import mri_checkpoint
+
+    path = mri_checkpoint(tmp_path / "old.safetensors")  # as checkpoints were written before the card existed
     card = model_card(path)
-    assert card.task_name == "mri_r4" and card.step == 1600 and card.parameters == 885_601
+    assert card.task_name == "mri_r4" and card.step == 1
     assert card.data is None and card.validation is None
     text = render(card)
     assert "training data  not recorded" in text and "validation     not recorded" in text
@@ -115,3 +118,10 @@ def test_info_of_the_retrained_sr4x_demo_shows_its_training_spacing():
     text = render(card)
     assert card.data is not None and card.validation is not None and card.validation["step"] == 1600
     assert "spacing        median 2 x 2 x 2 mm" in text and "plane spacing  1.333-3.333 mm" in text
+
+
+def test_info_of_the_retrained_mri_demo_shows_its_training_spacing():
+    card = model_card(demo_checkpoint("mri_r4"))  # retrained 2026-11-30 without scale augmentation
+    text = render(card)
+    assert card.task_name == "mri_r4" and card.step == 1600 and card.parameters == 885_601
+    assert "spacing        median 2 x 2 x 2 mm" in text and "plane spacing  2-2 mm" in text
