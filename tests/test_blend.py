@@ -252,3 +252,18 @@ def test_evaluate_blends_by_default_and_reports_the_weight(tmp_path):
     )
     with pytest.raises(Exception, match="blend"):
         api.evaluate(["diffusion"], volume, blend="bm3d", **kwargs)
+
+
+def test_the_std_of_a_blend_is_the_model_share_of_its_spread():
+    task = MRITask(4)
+    x = phantom(1, 32, seed=12)
+    meas = task.degrade(x, torch.Generator().manual_seed(0))
+
+    class Spread(Fixed):
+        def __call__(self, meas, cond, seeds):
+            self.calls += 1
+            return self.image.clone(), torch.full_like(self.image, 0.1)
+
+    method = BlendMethod(Spread(x), "tv", task)
+    _, std = method(meas, None, [1])
+    assert torch.allclose(std, 0.1 * method.last_weights.reshape(1, 1, 1, 1).expand_as(std))

@@ -215,7 +215,8 @@ class BlendMethod:
     """A model method mixed with a classical one per unit (see the module docstring).
 
     Same calling convention as the methods of ``medrecon.recon.methods``: ``(meas, cond, seeds) ->
-    (mean, std | None)``; ``std`` is the model's (the spread of its draws), or ``None``. The weight chosen for
+    (mean, std | None)``; ``std`` is the spread of the model's draws times its weight (the mix's spread), or
+    ``None``. The weight chosen for
     each unit of the last call is kept in ``last_weights`` (``(B,)``, 1 = the model alone); ``mean_weight``
     is their mean over every unit so far (what the evaluation report shows).
 
@@ -287,6 +288,8 @@ class BlendMethod:
         out = wx * x_m + (1 - wx) * x_c
         if self.kind == "kspace":
             out = self.task.project(out, meas)
+        if std is not None:  # the spread of the mix: only the model's share varies between draws
+            std = wx * std
         return out, std
 
     def _kspace(self, meas: Measurement, seeds: Sequence[int]) -> Tensor:
