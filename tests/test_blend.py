@@ -267,3 +267,15 @@ def test_the_std_of_a_blend_is_the_model_share_of_its_spread():
     method = BlendMethod(Spread(x), "tv", task)
     _, std = method(meas, None, [1])
     assert torch.allclose(std, 0.1 * method.last_weights.reshape(1, 1, 1, 1).expand_as(std))
+
+
+def test_a_blend_does_not_depend_on_the_batch():
+    """Each unit's hold-out sets and weight come from its own seed and data: alone or batched, the same."""
+    task = MRITask(4)
+    x = phantom(3, 32, seed=13)
+    meas = task.degrade(x, torch.Generator().manual_seed(1))
+    model = Function(lambda y: torch.zeros(y.shape[0], 1, 32, 32))  # a poor model: weights strictly inside
+    together, _ = BlendMethod(model, "tv", task)(meas, None, [5, 6, 7])
+    for b, seed in enumerate([5, 6, 7]):
+        alone, _ = BlendMethod(model, "tv", task)(meas.index([b]), None, [seed])
+        assert torch.allclose(alone, together[b : b + 1], atol=1e-5)
