@@ -106,13 +106,14 @@ def holdout_masks(
 
     Args:
         mask: ``(B, 1, 1, W)`` 0/1 sampling mask (2D MRI).
-        fraction: probability that a sampled line outside the centre block is held out.
+        fraction: probability that a sampled line outside the centre block is drawn; a drawn line takes its
+            sampled mirror line with it, so a little more than this fraction is held out.
         generators: one per unit (the draw depends on the unit's seed only).
 
     Returns:
         ``(keep, held)``: float masks like ``mask``, disjoint, ``keep + held = mask``. The centre block (the
-        contiguous sampled run around ``W // 2``) is always kept; a held-out line takes its sampled mirror line
-        with it. ``held`` is all zero for a unit with nothing to hold out.
+        contiguous sampled run around ``W // 2``) is always kept. ``held`` is all zero for a unit with nothing
+        to hold out.
     """
     from medrecon.physics.fft import mirror
 
