@@ -279,3 +279,23 @@ def test_a_blend_does_not_depend_on_the_batch():
     for b, seed in enumerate([5, 6, 7]):
         alone, _ = BlendMethod(model, "tv", task)(meas.index([b]), None, [seed])
         assert torch.allclose(alone, together[b : b + 1], atol=1e-5)
+
+
+def test_reconstruct_records_the_blend_weight_of_each_item(tmp_path):
+    """A measured k-space file reconstructed with ``blend=auto`` records the mean model weight in run.jsonl;
+    with ``blend=none`` the record has none, and the settings differ (a rerun redoes the item)."""
+    from test_fastmri_roundtrip import _image, mri_checkpoint, reconstruct, records, write_fastmri
+
+    path = write_fastmri(tmp_path / "file_sc.h5", _image(4))
+    ckpt = mri_checkpoint(tmp_path / "mri.safetensors")
+    blended, plain = tmp_path / "blended", tmp_path / "plain"
+    assert reconstruct(f"input={path}", f"out={blended}", f"checkpoint={ckpt}", "sampler.steps=1") == 0
+    assert (
+        reconstruct(f"input={path}", f"out={plain}", f"checkpoint={ckpt}", "sampler.steps=1", "blend=none")
+        == 0
+    )
+    (rec,) = records(blended).values()
+    (rec_plain,) = records(plain).values()
+    assert rec.status == "ok" and rec.blend_weight is not None and 0.0 <= rec.blend_weight <= 1.0
+    assert rec_plain.blend_weight is None and rec_plain.settings != rec.settings
+    assert '"blend_weight"' in (blended / "run.jsonl").read_text()

@@ -80,12 +80,19 @@ class Job:
     context: Any = None
     means: dict[int, Tensor] = field(default_factory=dict)
     stds: dict[int, Tensor] = field(default_factory=dict)
+    weights: dict[int, float] = field(default_factory=dict)
     failed: bool = False
     seconds: float = 0.0
 
     @property
     def count(self) -> int:
         return int(self.meas.y.shape[0])
+
+    @property
+    def blend_weight(self) -> float | None:
+        """The mean weight of the model's output over the units, for a blended method
+        (``medrecon.recon.blend``: ``last_weights`` after each call); ``None`` otherwise."""
+        return sum(self.weights.values()) / len(self.weights) if self.weights else None
 
 
 Entry = tuple[Job, int]  # (job, unit index)
@@ -225,7 +232,7 @@ class Engine:
         if not batch:
             return
         try:
-            mean, std = self._call(batch)
+            mean, std, weights = self._call(batch)
         except Exception as err:  # noqa: BLE001 - any failure is confined to the items of this batch
             self._recover(batch, err)
             return
@@ -233,13 +240,17 @@ class Engine:
             job.means[n] = mean[row]
             if std is not None:
                 job.stds[n] = std[row]
+            if weights is not None:
+                job.weights[n] = float(weights[row])
         if self.on_batch is not None:
             self.on_batch(len(batch))
         for job in dict.fromkeys(job for job, _ in batch):
             if not job.failed and len(job.means) == job.count:
                 self._finish(job)
 
-    def _call(self, batch: list[Entry]) -> tuple[Tensor, Tensor | None]:
+    def _call(self, batch: list[Entry]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The method on one batch: ``(mean, std, weights)`` for its units; ``weights`` the blend weights of a
+        blended method (its ``last_weights``), else ``None``."""
         start = time.perf_counter()
         method = self.methods[batch[0][0].method]
         units = list(batch)
@@ -254,10 +265,12 @@ class Engine:
         mean, std = method(meas, cond, seeds)
         mean = mean.detach()[: len(batch)].to("cpu")
         std = None if std is None else std.detach()[: len(batch)].to("cpu")
+        weights = getattr(method, "last_weights", None)
+        weights = None if weights is None else weights[: len(batch)]
         elapsed = time.perf_counter() - start
         for job, _ in batch:  # time shared out by units
             job.seconds += elapsed / len(batch)
-        return mean, std
+        return mean, std, weights
 
     def _recover(self, batch: list[Entry], err: Exception) -> None:
         jobs = list(dict.fromkeys(job for job, _ in batch))
@@ -315,5 +328,5 @@ class Engine:
             if job.failed:
                 return
             job.failed = True
-            job.means, job.stds = {}, {}
+            job.means, job.stds, job.weights = {}, {}, {}
             self.on_fail(job, reason, detail)

@@ -49,6 +49,9 @@ class RunRecord:
             a finished item is only skipped by a rerun with the same settings.
         nonfinite: the input's NaN/+inf/-inf voxel counts as read (``medrecon.io.finite``: NaN voxels were
             replaced by the background value), ``None`` when the input was not read in this run.
+        blend_weight: for a blended reconstruction (``blend=``, ``medrecon.recon.blend``) the mean weight of
+            the model's output over the item's slices (1 = the model alone, 0 = the classical partner alone);
+            ``None`` otherwise.
     """
 
     id: str
@@ -61,6 +64,7 @@ class RunRecord:
     method: str = ""
     settings: str = ""
     nonfinite: NonFinite | None = None
+    blend_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -74,6 +78,8 @@ class RunRecord:
     def to_json(self) -> str:
         data = asdict(self)
         data["seconds"] = round(float(self.seconds), 3)
+        if self.blend_weight is not None:
+            data["blend_weight"] = round(float(self.blend_weight), 4)
         return json.dumps(data, sort_keys=False)
 
     @classmethod
@@ -89,7 +95,17 @@ class RunRecord:
             method=str(data.get("method") or ""),
             settings=str(data.get("settings") or ""),
             nonfinite=_nonfinite(data.get("nonfinite")),
+            blend_weight=_weight(data.get("blend_weight")),
         )
+
+
+def _weight(value: object) -> float | None:
+    """A blend weight from a record; ``None`` when absent or not a number in [0, 1]."""
+    try:
+        weight = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return weight if 0.0 <= weight <= 1.0 else None
 
 
 def _nonfinite(value: object) -> NonFinite | None:

@@ -246,6 +246,7 @@ def run(cfg: DictConfig) -> int:
         seconds: float = 0.0,
         detail: str = "",
         nonfinite: Any = None,
+        blend_weight: float | None = None,
     ) -> None:
         rec = RunRecord(
             id=item.id,
@@ -258,6 +259,7 @@ def run(cfg: DictConfig) -> int:
             method=setup.method_name,
             settings=setup.settings,
             nonfinite=nonfinite,
+            blend_weight=blend_weight,
         )
         with recording:
             ledger.append(rec)
@@ -265,6 +267,14 @@ def run(cfg: DictConfig) -> int:
             progress.item_done()
         if status == "failed":
             log.warning("item %s failed: %s%s", item.id, reason, f" ({rec.detail})" if rec.detail else "")
+        elif blend_weight is not None:
+            log.info(
+                "item %s %s (%.1f s; weight of the model's output %.2f)",
+                item.id,
+                status,
+                seconds,
+                blend_weight,
+            )
         else:
             log.info("item %s %s (%.1f s)", item.id, status, seconds)
 
@@ -280,7 +290,15 @@ def run(cfg: DictConfig) -> int:
             # a failed item keeps no output
             remove_outputs(item_outputs(out, ctx.item.id, fastmri_source(ctx.item, setup.task, fastmri)))
             raise
-        record(ctx.item, "ok", outputs=outputs, seconds=seconds, detail=ctx.note, nonfinite=ctx.nonfinite)
+        record(
+            ctx.item,
+            "ok",
+            outputs=outputs,
+            seconds=seconds,
+            detail=ctx.note,
+            nonfinite=ctx.nonfinite,
+            blend_weight=job.blend_weight,
+        )
 
     def on_fail(job: Any, reason: str, detail: str) -> None:
         ctx: ItemContext = job.context
