@@ -217,9 +217,10 @@ class BlendMethod:
 
     Same calling convention as the methods of ``medrecon.recon.methods``: ``(meas, cond, seeds) ->
     (mean, std | None)``; ``std`` is the spread of the model's draws times its weight (the mix's spread), or
-    ``None``. The weight chosen for
-    each unit of the last call is kept in ``last_weights`` (``(B,)``, 1 = the model alone); ``mean_weight``
-    is their mean over every unit so far (what the evaluation report shows).
+    ``None``. The weight chosen for each unit of the last call is kept in ``last_weights`` (``(B,)``, 1 = the
+    model alone; the engine gives them to each item's job), ``mean_weight`` is their mean over every unit so
+    far (what the evaluation report shows; units of a batch padded for ``compile`` or retried after running
+    out of memory count more than once).
 
     Args:
         model: the model's method (``DiffusionMethod``, ``RegressionMethod``).
