@@ -116,7 +116,7 @@ def test_info_usage_errors(tmp_path, capsys):
 def test_info_of_the_retrained_sr4x_demo_shows_its_training_spacing():
     card = model_card(demo_checkpoint("sr4x"))
     text = render(card)
-    assert card.data is not None and card.validation is not None and card.validation["step"] == 1600
+    assert card.step == 3200 and card.data is not None and 0 < card.validation["step"] <= 3200  # best step
     assert "spacing        median 2 x 2 x 2 mm" in text and "plane spacing  1.333-3.333 mm" in text
 
 

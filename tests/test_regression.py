@@ -194,7 +194,7 @@ def test_regression_estimate_is_one_evaluation_then_data_consistency():
 
 
 def test_specs_without_an_objective_are_diffusion_models_with_unchanged_digests(tmp_path):
-    assert read_metadata(DEMO)["spec"]["objective"] == "diffusion"  # the bundled demo predates the field
+    assert read_metadata(DEMO)["spec"]["objective"] == "diffusion"  # the bundled demo model
     assert model_card(DEMO).objective == "diffusion"
     spec = ModelSpec(
         model={"_target_": "medrecon.nn.unet.UNet", "channels": [8, 16], "num_res_blocks": 1,

@@ -209,12 +209,11 @@ def test_runs_written_before_the_shared_vocabulary_still_requeue():
     assert config_differences(written_before(now, amp=False), now) == ["precision"]
     assert config_differences(written_before(now, amp=False), current("precision=fp32")) == []
     assert config_differences(written_before(now, amp=True), current("compile=true")) == ["compile"]
-    # a real run written with the old spellings: the bundled sr4x demo model's stored training config
+    # a real run's stored training config (the bundled sr4x demo model's) against its recipe today
     from medrecon.checkpoint import read_metadata
     from medrecon.demo import demo_checkpoint
 
     stored = read_metadata(demo_checkpoint("sr4x"))["config"]
-    assert "amp" in stored["train"] and "precision" not in stored
     differ = config_differences(stored, current("+experiment=demo_sr4x", f"manifest={stored['manifest']}"))
     assert not {"precision", "compile", "progress"} & set(differ), differ
 
