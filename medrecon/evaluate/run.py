@@ -477,6 +477,10 @@ def evaluate_sources(
             scale = (float(item.encoder.high) - float(item.encoder.low)) / 2.0
             item.stds[name] = item.to_volume(std[:, 0].numpy() * scale)
         item.seconds[name] = job.seconds
+        if job.weights:  # a blended method: its per-slice weights of the model's output
+            tally = blend_tally.setdefault(name, [0.0, 0])
+            tally[0] += sum(job.weights.values())
+            tally[1] += len(job.weights)
         if item.results[name].shape != item.gt.shape:
             raise ValueError(
                 f"{name} gave shape {item.results[name].shape}, the ground truth is {item.gt.shape}"
@@ -505,6 +509,7 @@ def evaluate_sources(
         **options.engine_options(),
     )
     engine_jobs: dict[str, list[Job]] = {}
+    blend_tally: dict[str, list[float]] = {}  # method -> [sum of slice weights, slices]
     started = time.perf_counter()
     try:
         for source, units in zip(sources, planned):
@@ -586,7 +591,7 @@ def evaluate_sources(
         "sampler": _sampler_used(ev),
         "guidance": ev.guidance,
         "samples": options.samples,
-        "blend": blend_summary(ev.methods),
+        "blend": blend_summary(ev.methods, blend_tally),
         "precision": options.precision if set(MODEL_METHODS) & set(names) else None,
         "device": options.device.type,
         "seed": options.seed,
@@ -785,16 +790,15 @@ def _sampler_used(ev: Any) -> Any:
     return ev.sampler
 
 
-def blend_summary(methods: dict[str, Any]) -> dict[str, Any] | None:
+def blend_summary(methods: dict[str, Any], tally: dict[str, list[float]]) -> dict[str, Any] | None:
     """``{method: {"with": partner, "mean_weight": w}}`` for the model methods that were blended
-    (``medrecon.recon.blend``; ``mean_weight`` 1 = the model's output alone, 0 = the partner's), else None."""
-    out = {
-        name: {"with": method.partner, "mean_weight": _round(method.mean_weight)}
-        for name, method in methods.items()
-        if getattr(method, "partner", None) is not None
-    }
+    (``medrecon.recon.blend``; ``mean_weight`` over the slices of the scored volumes, 1 = the model's output
+    alone, 0 = the partner's; ``None`` when none was scored), else None. ``tally``: method -> ``[sum of the
+    slices' weights, slices]`` (from the engine's jobs)."""
+    out = {}
+    for name, method in methods.items():
+        if getattr(method, "partner", None) is None:
+            continue
+        total, count = tally.get(name, (0.0, 0))
+        out[name] = {"with": method.partner, "mean_weight": round(total / count, 4) if count else None}
     return out or None
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(float(value), 4)

@@ -218,9 +218,8 @@ class BlendMethod:
     Same calling convention as the methods of ``medrecon.recon.methods``: ``(meas, cond, seeds) ->
     (mean, std | None)``; ``std`` is the spread of the model's draws times its weight (the mix's spread), or
     ``None``. The weight chosen for each unit of the last call is kept in ``last_weights`` (``(B,)``, 1 = the
-    model alone; the engine gives them to each item's job), ``mean_weight`` is their mean over every unit so
-    far (what the evaluation report shows; units of a batch padded for ``compile`` or retried after running
-    out of memory count more than once).
+    model alone); the engine hands them to each item's job (``Job.weights``), from which reconstruct's
+    ``run.jsonl`` and evaluate's report take their means.
 
     Args:
         model: the model's method (``DiffusionMethod``, ``RegressionMethod``).
@@ -258,12 +257,6 @@ class BlendMethod:
         self.name = model.name
         self.samples = model.samples
         self.last_weights: Tensor | None = None
-        self._total, self._count = 0.0, 0
-
-    @property
-    def mean_weight(self) -> float | None:
-        """The mean model weight over every unit blended so far (``None`` before the first)."""
-        return self._total / self._count if self._count else None
 
     def __getattr__(self, name: str) -> Any:  # precond, sampler, guidance, precision... of the model method
         if name == "model":
@@ -283,8 +276,6 @@ class BlendMethod:
         else:
             w = self._sure(meas, seeds, x_m, x_c)
         self.last_weights = w.detach().cpu()
-        self._total += float(self.last_weights.sum())
-        self._count += int(self.last_weights.numel())
         log.debug("blend %s: model weights %s", self.partner, [round(float(v), 3) for v in w])
         wx = expand_to(w.to(x_m.device), x_m)
         out = wx * x_m + (1 - wx) * x_c
