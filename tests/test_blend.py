@@ -77,9 +77,9 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ partner
-def test_auto_blends_mri_and_denoising_with_tv_and_nothing_else():
+def test_auto_blends_mri_with_tv_denoising_with_nlm_and_nothing_else():
     assert blend_partner("auto", MRITask(4)) == "tv"
-    assert blend_partner("auto", DenoiseTask(0.05)) == "tv"
+    assert blend_partner("auto", DenoiseTask(0.05)) == "nlm"
     assert blend_partner("auto", SuperResolutionTask(4)) is None
     assert blend_partner("auto", DenoiseTask(0.0)) is None  # no noise: SURE says nothing
     assert blend_partner("none", MRITask(4)) is None
