@@ -123,5 +123,5 @@ def test_info_of_the_retrained_sr4x_demo_shows_its_training_spacing():
 def test_info_of_the_retrained_mri_demo_shows_its_training_spacing():
     card = model_card(demo_checkpoint("mri_r4"))  # retrained 2026-11-30 without scale augmentation
     text = render(card)
-    assert card.task_name == "mri_r4" and card.step == 1600 and card.parameters == 885_601
+    assert card.task_name == "mri_r4" and card.step == 3200 and card.parameters == 885_601
     assert "spacing        median 2 x 2 x 2 mm" in text and "plane spacing  2-2 mm" in text
