@@ -280,8 +280,8 @@ def reconstruct(
         guidance: ``dc`` (data consistency, default), ``dps`` or ``none``, a mapping (``{"name": "dps",
             "scale": 500.0}``) or a ``GuidanceConfig``.
         samples: posterior samples per slice (``std`` when > 1; diffusion only).
-        blend: ``auto`` (default: an MRI or denoising model's output mixed with TV per slice by a weight
-            estimated from the measurement; no blend for other tasks), ``none``, ``tv``, ``nlm``
+        blend: ``auto`` (default: an MRI model's output mixed with TV, a denoising model's with NLM, per slice
+            by a weight estimated from the measurement; no blend for other tasks), ``none``, ``tv``, ``nlm``
             (``medrecon.recon.blend``).
         seed: every slice's noise derives from it, the item id and the slice index.
         batch_size: slices per batch (halved automatically on GPU out-of-memory), or ``"auto"`` (sized from

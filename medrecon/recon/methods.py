@@ -213,7 +213,7 @@ def model_method(
     model) reconstructs nothing and is refused.
 
     ``blend`` (``auto``, ``none``, ``tv``, ``nlm``) wraps the method in ``medrecon.recon.blend.BlendMethod``
-    where its task allows it: ``auto`` blends 2D single-slice models of MRI and denoising (with TV), and
+    where its task allows it: ``auto`` blends 2D single-slice models of MRI (with TV) and denoising (with NLM), and
     leaves every other model alone.
 
     Raises:
