@@ -274,8 +274,10 @@ def reconstruct(
             ``Volume`` (its affine gives the output grid and the spacing check), or a path to one scan (a NIfTI
             file, a DICOM file of a series or its folder, a fastMRI ``.h5`` file) read as the command reads it.
         task: a ``conf/task`` name or a :func:`get_task` object; needed for a baseline, else the model's.
-        sampler: ``mmse`` (default: E[x|y] + refinement), ``dpmpp``, ``ddim``, ``ddpm`` (``conf/sampler``), a
-            mapping of their options, or a ``SamplerConfig``.
+        sampler: ``mmse`` (default: E[x|y] + refinement; for 2D MRI the refinement starts from TV, its
+            ``start=auto``), ``dpmpp``, ``ddim``, ``ddpm`` (``conf/sampler``), a mapping of their options, or a
+            ``SamplerConfig`` (``dataclasses.replace(medrecon.recon.setup.sampler_config("mmse"),
+            start="model")``: the model's own estimate).
         steps: the sampler's steps (network evaluations per slice); ``None``: its default.
         guidance: ``dc`` (data consistency, default), ``dps`` or ``none``, a mapping (``{"name": "dps",
             "scale": 500.0}``) or a ``GuidanceConfig``.

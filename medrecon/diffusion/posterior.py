@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from medrecon.diffusion.guidance import GuidanceConfig, guided_denoiser
+from medrecon.diffusion.guidance import GuidanceConfig, guided_denoiser, x0_error_std
 from medrecon.diffusion.precond import EDMPrecond
 from medrecon.diffusion.samplers import Callback, SamplerConfig
 from medrecon.diffusion.tensors import randn
@@ -44,6 +45,7 @@ def posterior_sample(
     keep_samples: bool = False,
     callback: Callback | None = None,
     cond: Tensor | None = None,
+    start: Tensor | None = None,
 ) -> PosteriorResult:
     """Draw ``samples`` posterior samples for each of the ``B`` measurements, batched as ``B * K`` rows.
 
@@ -62,6 +64,9 @@ def posterior_sample(
         callback: passed to the sampler (it sees the ``B * K`` batch, row ``b * K + k``).
         cond: a precomputed condition ``(B, cond_channels, *S)`` (e.g. a 2.5D stack of neighbouring
             slices' conditions) used instead of ``task.condition(meas)``; it also fixes the output grid.
+        start: ``(B, image_channels, *S)`` an estimate for the ``mmse`` sampler to refine instead of its first
+            evaluation (e.g. a classical reconstruction); with ``dc`` guidance it is first projected onto the
+            measurement, as the model's own estimate would be.
 
     Returns:
         :class:`PosteriorResult` with ``mean`` and ``std`` ``(B, image_channels, *S)`` float32.
@@ -88,8 +93,29 @@ def posterior_sample(
             cond = cond[rows]
         denoiser = guided_denoiser(precond, task, meas_k, guidance, cfg_scale, cond=cond)
         noise = randn((b * k, precond.image_channels, *cond.shape[2:]), generators, cond.device)
-        x0 = sampler.run(denoiser, noise, generator=generators, callback=callback)
+        if start is None:
+            x0 = sampler.run(denoiser, noise, generator=generators, callback=callback)
+        else:  # only SamplerConfig (mmse) refines a given estimate
+            first = start_estimate(start.to(cond.device)[rows], task, meas_k, guidance, sampler, precond)
+            x0 = sampler.run(denoiser, noise, generator=generators, callback=callback, start=first)
     draws = x0.reshape(b, k, *x0.shape[1:])
     mean = draws.mean(1)
     std = draws.std(1, correction=1) if k > 1 else torch.zeros_like(mean)
     return PosteriorResult(mean=mean, std=std, samples=draws if keep_samples else None)
+
+
+def start_estimate(
+    start: Tensor,
+    task: Task,
+    meas: Measurement,
+    guidance: GuidanceConfig | None,
+    sampler: SamplerConfig,
+    precond: Any,
+) -> Tensor:
+    """``start`` ``(N, C, *S)`` as the ``mmse`` sampler's first estimate: with ``dc`` guidance, projected onto
+    ``meas`` as the model's estimate at ``sampler.sigma_max`` would be (:func:`guidance.data_consistency`);
+    otherwise as given (``dps`` has no gradient to take through a fixed image)."""
+    if guidance is None or guidance.name != "dc":
+        return start.float()
+    sigma = torch.full((start.shape[0],), float(sampler.sigma_max), device=start.device)
+    return task.project(start.float(), meas, tau=x0_error_std(sigma, precond.sigma_data))

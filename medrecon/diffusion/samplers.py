@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -156,6 +157,7 @@ def sample_mmse(
     generator: Generators = None,
     callback: Callback | None = None,
     renoise: float = 0.0,
+    start: Tensor | None = None,
 ) -> Tensor:
     """The conditional model's own minimum-mean-square-error estimate, optionally refined.
 
@@ -171,11 +173,23 @@ def sample_mmse(
     restores detail the mean smooths away. ``renoise`` in [0, 1] adds fresh noise of ``renoise * sigmas[1]``
     first (1 = SDEdit proper, a posterior draw for ``samples > 1``; 0 = deterministic). First order on
     purpose: a second-order multistep solver overshoots when its start is not on the ODE trajectory.
+
+    ``start`` ``(B, C, *S)``: an estimate of ``x0`` to refine *instead of* the first evaluation (e.g. a
+    classical reconstruction, already data-consistent; Chung et al. 2022, "Come-closer-diffuse-faster"): the
+    refinement then costs ``len(sigmas) - 2`` evaluations and the model only corrects what is wrong at the
+    refinement level. Needs ``len(sigmas) > 2`` (a refinement to run).
     """
     if not 0.0 <= renoise <= 1.0:
         raise ValueError(f"renoise must be in [0, 1], got {renoise!r}")
     s = _as_sigma_list(sigmas)
-    denoised = denoiser(x, sigma_batch(s[0], x))
+    if start is not None:
+        if len(s) == 2:
+            raise ValueError("a start estimate needs a refinement: mmse with steps >= 2")
+        if start.shape != x.shape:
+            raise ValueError(f"start has shape {tuple(start.shape)}, the samples {tuple(x.shape)}")
+        denoised = start.to(x.dtype)
+    else:
+        denoised = denoiser(x, sigma_batch(s[0], x))
     if callback is not None:
         callback(0, s[0], x, denoised)
     if len(s) == 2:
@@ -215,6 +229,10 @@ class SamplerConfig:
         sigma_refine: ``mmse`` with ``steps > 1``: where the refinement starts (``sigma_min < sigma_refine <
             sigma_max``); its ``steps - 1`` levels run from there to 0 with Karras spacing ``rho``.
         renoise: ``mmse`` only: fresh noise added before the refinement, as a fraction of ``sigma_refine``.
+        start: ``mmse`` only: what the refinement starts from: ``model`` (the one-evaluation estimate),
+            ``auto`` (chosen per task by the method that runs the sampler: a classical reconstruction for MRI,
+            ``medrecon.recon.methods.resolve_start``) or a baseline's name (``tv``, ...). Data only here: the
+            sampler is handed the estimate itself (``run(start=...)``).
     """
 
     name: str = "dpmpp"
@@ -225,6 +243,7 @@ class SamplerConfig:
     rho: float = 7.0
     sigma_refine: float = 0.2
     renoise: float = 0.0
+    start: str = "model"
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
@@ -241,6 +260,13 @@ class SamplerConfig:
             raise ValueError(
                 f"eta={self.eta!r} applies only to sampler 'ddim' (ddpm is ancestral by construction, "
                 f"dpmpp is deterministic), got sampler {self.name!r}"
+            )
+        if not isinstance(self.start, str) or not self.start:
+            raise ValueError(f"start must be a name (model, auto, tv, ...), got {self.start!r}")
+        if self.start not in ("model", "auto") and (self.name != "mmse" or self.steps < 2):
+            raise ValueError(
+                f"start={self.start} refines a given estimate: it needs sampler mmse with steps >= 2, got "
+                f"{self.name} with {self.steps} step(s)"
             )
         karras_sigmas(1, self.sigma_min, self.sigma_max, self.rho)  # validates the schedule parameters
         if self.name == "mmse" and self.steps > 1 and not self.sigma_min < self.sigma_refine < self.sigma_max:
@@ -262,14 +288,19 @@ class SamplerConfig:
         noise: Tensor,
         generator: Generators = None,
         callback: Callback | None = None,
+        start: Tensor | None = None,
     ) -> Tensor:
         """Sample: ``noise`` is standard normal ``(B, C, *S)``; it is scaled by ``sigma_max`` and integrated
-        to sigma = 0 under ``torch.no_grad()``. Returns ``x0`` ``(B, C, *S)`` float32."""
-        kwargs: dict[str, float] = {}
+        to sigma = 0 under ``torch.no_grad()``. ``start``: the estimate an ``mmse`` refinement starts from
+        instead of the first evaluation (see :func:`sample_mmse`). Returns ``x0`` ``(B, C, *S)`` float32."""
+        kwargs: dict[str, Any] = {}
         if self.name == "ddim":
             kwargs["eta"] = self.eta
         elif self.name == "mmse":
             kwargs["renoise"] = self.renoise
+            kwargs["start"] = start
+        if start is not None and (self.name != "mmse" or self.steps < 2):
+            raise ValueError("a start estimate is refined by sampler mmse with steps >= 2 only")
         with torch.no_grad():
             x = noise.float() * self.sigma_max
             return SAMPLERS[self.name](
@@ -286,6 +317,7 @@ def build_sampler(
     rho: float = 7.0,
     sigma_refine: float = 0.2,
     renoise: float = 0.0,
+    start: str = "model",
 ) -> SamplerConfig:
     """A validated :class:`SamplerConfig` (``steps=None`` takes the sampler's default)."""
     return SamplerConfig(
@@ -297,6 +329,7 @@ def build_sampler(
         rho=rho,
         sigma_refine=sigma_refine,
         renoise=renoise,
+        start=start,
     )
 
 

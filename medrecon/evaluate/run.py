@@ -780,13 +780,16 @@ def _figure(item: EvalItem, names: list[str], task: Any, out: Path, dpi: int) ->
 
 
 def _sampler_used(ev: Any) -> Any:
-    """The sampler the diffusion method ran: the configured one, or a distilled checkpoint's own grid."""
+    """The sampler the diffusion method ran: the configured one (its ``start`` resolved: ``model`` or the
+    baseline the refinement started from), or a distilled checkpoint's own grid."""
     from medrecon.evaluate.selection import DIFFUSION
 
     method = ev.methods.get(DIFFUSION) if isinstance(ev.methods, dict) else None
     used = getattr(method, "sampler", None)
     if used is not None and getattr(used, "name", None) == "distilled":
         return {"name": "distilled", "grid": list(used.grid), "renoise": used.renoise}
+    if isinstance(ev.sampler, dict) and "start" in ev.sampler:  # what sampler.start resolved to
+        return {**ev.sampler, "start": getattr(method, "start", None) or "model"}
     return ev.sampler
 
 

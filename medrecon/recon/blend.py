@@ -271,8 +271,8 @@ class BlendMethod:
     ) -> tuple[Tensor, Tensor | None]:
         if cond is not None:
             raise ValueError("blend does not support 2.5D models (data.context > 0): use blend=none")
-        x_m, std = self.model(meas, cond, seeds)
         x_c, _ = self.classic(meas, None, seeds)
+        x_m, std = self._model(meas, seeds, x_c, cond)
         x_c = x_c.to(x_m.device)
         if self.kind == "kspace":
             w = self._kspace(meas, seeds)
@@ -288,6 +288,15 @@ class BlendMethod:
             std = wx * std
         return out, std
 
+    def _model(
+        self, meas: Measurement, seeds: Sequence[int], x_c: Tensor, cond: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The model's reconstruction of ``meas``; a model whose refinement starts from the partner's
+        reconstruction (``sampler.start``) is handed ``x_c`` instead of computing it again."""
+        if getattr(self.model, "start", None) == self.partner:
+            return self.model(meas, cond, seeds, start=x_c)
+        return self.model(meas, cond, seeds)
+
     def _kspace(self, meas: Measurement, seeds: Sequence[int]) -> Tensor:
         mask = meas.params.mask
         num = den = held_any = None
@@ -298,8 +307,8 @@ class BlendMethod:
             kept = Measurement(
                 meas.y * kept_mask.to(meas.y.real.dtype), replace(meas.params, mask=kept_mask), meas.noise_std
             )
-            x_m, _ = self.model(kept, None, seeds)
             x_c, _ = self.classic(kept, None, seeds)
+            x_m, _ = self._model(kept, seeds, x_c)
             n, d = kspace_terms(self.task, meas, held, x_m, x_c.to(x_m.device))
             count = held.flatten(1).sum(1)
             num, den = (n, d) if num is None else (num + n, den + d)
@@ -316,8 +325,8 @@ class BlendMethod:
         )
         eps = (SURE_EPS * sigma).clamp_min(1e-6)
         shifted = Measurement(meas.y + expand_to(eps, probe) * probe, meas.params, meas.noise_std)
-        xm_p, _ = self.model(shifted, None, seeds)
         xc_p, _ = self.classic(shifted, None, seeds)
+        xm_p, _ = self._model(shifted, seeds, xc_p)
         region = self._region(x_m, x_c, sigma)
         div_m = mc_divergence(x_m, xm_p, probe, eps, region)
         div_c = mc_divergence(x_c, xc_p.to(x_c.device), probe, eps, region)

@@ -45,14 +45,22 @@ WRITE_THREADS = 1
 
 # ------------------------------------------------------------------------------------------------ setup
 def settings_key(
-    cfg: DictConfig, method_name: str, task: Any, precision: str = "fp32", blend: str | None = None
+    cfg: DictConfig,
+    method_name: str,
+    task: Any,
+    precision: str = "fp32",
+    blend: str | None = None,
+    start: str | None = None,
 ) -> str:
     """A short hash of everything that changes the result: a finished item is redone when it differs.
     ``precision`` is the resolved network precision (``fp32`` or ``bf16``). The checkpoint enters by its
     content (``checkpoint_digest``: the weight set in use, spec and encoder), not its name or size, so a
     file overwritten with other weights redoes every item; computed once per run. A regression checkpoint
     (``method_name`` ``regression``) has no sampler or samples; its guidance and precision count. ``blend``:
-    the classical method a model's output is blended with (``medrecon.recon.blend``), ``None`` for none."""
+    the classical method a model's output is blended with (``medrecon.recon.blend``), ``None`` for none.
+    ``start``: the classical method the ``mmse`` refinement starts from (``sampler.start`` resolved by
+    ``medrecon.recon.methods.resolve_start``), ``None`` for the model's own estimate: the key holds what was
+    resolved, not ``sampler.start`` itself, so ``auto`` and its value give the same key."""
     from medrecon.checkpoint import checkpoint_digest
 
     ckpt = cfg.get("checkpoint")
@@ -64,7 +72,7 @@ def settings_key(
         "task": getattr(task, "name", None),
         "checkpoint": ckpt_id,
         "weights": cfg.get("weights"),
-        "sampler": container(cfg.get("sampler")) if method_name == "diffusion" else None,
+        "sampler": _sampler_key(cfg.get("sampler")) if method_name == "diffusion" else None,
         "guidance": container(cfg.get("guidance")) if method_name in ("diffusion", "regression") else None,
         "samples": int(cfg.samples) if method_name == "diffusion" else 1,
         "precision": precision if method_name in ("diffusion", "regression") else None,
@@ -76,6 +84,8 @@ def settings_key(
     }
     if blend is not None:  # only then: runs without a blend keep their earlier settings
         parts["blend"] = blend
+    if start is not None:  # likewise for a refinement that starts from a classical reconstruction
+        parts["start"] = start
     if cfg.get("spacing", "native") != "native":  # only then: native runs keep their earlier settings
         parts["spacing"] = [cfg.get("spacing"), cfg.get("spacing_tolerance")]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -118,9 +128,22 @@ def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
         encoder=container(cfg.get("encoder")),
     )
     setup.settings = settings_key(
-        cfg, setup.method_name, setup.task, options.precision, getattr(setup.method, "partner", None)
+        cfg,
+        setup.method_name,
+        setup.task,
+        options.precision,
+        getattr(setup.method, "partner", None),
+        getattr(setup.method, "start", None),
     )
     return setup
+
+
+def _sampler_key(sampler: Any) -> Any:
+    """The sampler's options for the settings key, without ``start`` (the resolved start enters separately)."""
+    fields = container(sampler)
+    if isinstance(fields, dict):
+        fields = {k: v for k, v in fields.items() if k != "start"}
+    return fields
 
 
 # ------------------------------------------------------------------------------------------------ items
