@@ -156,7 +156,8 @@ class DiffusionMethod:
 #: ``sampler.start=auto``: the classical reconstruction the ``mmse`` refinement starts from, per task family.
 #: MRI: TV (2D); chosen on the validation sets (docs/results.md): starting from TV raised the template's
 #: validation slab from 27.43 to 27.97 dB and the unlike validation scans from 27.87 to 28.03 (blended, mri_r4),
-#: while for sr4x it lost 1.4 dB on the template (its model's own estimate is good: ``loss.mmse_fraction``).
+#: while for sr4x it lost 1.4 dB on the template (its model's own estimate is good: ``loss.mmse_fraction``) and
+#: for denoising a start from NLM lost 1.8-2.1 dB there.
 AUTO_START = {"kspace": "tv"}
 
 
