@@ -205,3 +205,21 @@ def test_evaluate_and_the_resume_key_record_what_auto_resolved_to(tmp_path):
     # auto resolving to the model's estimate keeps the key of runs made before sampler.start existed
     assert key({**plain, "start": "auto"}, None) == key(plain, None) == key({**plain, "start": "model"}, None)
     assert key({**plain, "start": "auto"}, "tv") == key({**plain, "start": "tv"}, "tv") != key(plain, None)
+
+
+def test_posterior_draws_refine_the_start_of_their_own_measurement(tmp_path):
+    """``samples=K`` repeats each unit's start K times (row ``b * K + k``): renoised draws around each unit's TV."""
+    from medrecon.recon.methods import model_method
+    from medrecon.recon.setup import guidance_config
+
+    loaded = _mri_model(tmp_path)
+    task = loaded.task
+    x, meas = _measurement(task, batch=2)
+    sampler = SamplerConfig(name="mmse", steps=3, sigma_max=10.0, rho=2.0, renoise=1.0, start="tv")
+    method = model_method(loaded, task, sampler, guidance_config("dc"), samples=3, blend="none")
+    mean, std = method(meas, None, [1, 2])
+    assert mean.shape == x.shape and std is not None and std.shape == x.shape
+    assert float(std.max()) > 0  # the draws differ through the renoise
+    for b in range(2):  # each unit alone gives the same: its start is its own TV, not its neighbour's
+        alone, _ = method(meas.index([b]), None, [[1, 2][b]])
+        assert torch.allclose(alone, mean[b : b + 1], atol=1e-5)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from medrecon.diffusion.guidance import GuidanceConfig, guided_denoiser, x0_error_std
+from medrecon.diffusion.guidance import GuidanceConfig, data_consistency, guided_denoiser
 from medrecon.diffusion.precond import EDMPrecond
 from medrecon.diffusion.samplers import Callback, SamplerConfig
 from medrecon.diffusion.tensors import randn
@@ -118,4 +118,5 @@ def start_estimate(
     if guidance is None or guidance.name != "dc":
         return start.float()
     sigma = torch.full((start.shape[0],), float(sampler.sigma_max), device=start.device)
-    return task.project(start.float(), meas, tau=x0_error_std(sigma, precond.sigma_data))
+    as_given = data_consistency(lambda x, _sigma: x, task, meas, sigma_data=precond.sigma_data)
+    return as_given(start.float(), sigma)
