@@ -102,6 +102,8 @@ class DiffusionMethod:
         self.samples, self.precision = samples, precision
         self.start = start
         self.start_method = None if start is None else BaselineMethod(start, task)
+        if start is not None:
+            log.info("the mmse refinement starts from %s (sampler.start)", start)
         if samples > 1 and getattr(sampler, "name", None) == "mmse" and not getattr(sampler, "renoise", 0):
             log.warning(
                 "samples=%d with sampler=mmse and renoise=0: the draws differ only through the noise of the "
@@ -149,7 +151,7 @@ class DiffusionMethod:
             samples=self.samples,
             generators=gens,
             cond=cond,
-            start=None if start is None else start.to(meas.y.device),
+            start=start,
         )
 
 
@@ -174,7 +176,7 @@ def resolve_start(sampler: Any, task: Task, objective: str = DIFFUSION) -> str |
     from medrecon.recon.blend import split_kind
 
     name = getattr(sampler, "start", "model")
-    if name == "model" or sampler is None:
+    if name == "model":
         return None
     if name == "auto":
         if objective != DIFFUSION or getattr(sampler, "name", None) != "mmse" or sampler.steps < 2:
@@ -340,9 +342,6 @@ def _model_method(
             tile=latent_tile(loaded),
         )
     if objective != REGRESSION:
-        start = None if getattr(loaded.precond, "distilled", None) else resolve_start(sampler, task)
-        if start is not None and log is not None:
-            log.info("%s: the mmse refinement starts from %s (sampler.start)", label, start)
         return DiffusionMethod(
             loaded.precond,
             task,
@@ -351,7 +350,7 @@ def _model_method(
             samples=samples,
             precision=precision,
             compile=compile,
-            start=start,
+            start=resolve_start(sampler, task),
         )
     from medrecon.diffusion.regression import regression_guidance
 
