@@ -299,7 +299,7 @@ class SamplerConfig:
         elif self.name == "mmse":
             kwargs["renoise"] = self.renoise
             kwargs["start"] = start
-        if start is not None and (self.name != "mmse" or self.steps < 2):
+        if start is not None and self.name != "mmse":  # (mmse itself refuses a start without a refinement)
             raise ValueError("a start estimate is refined by sampler mmse with steps >= 2 only")
         with torch.no_grad():
             x = noise.float() * self.sigma_max
